@@ -1,0 +1,77 @@
+#!/bin/sh
+# netlab set-up on a fresh machine (Debian 12 minbase, Ubuntu 22.04+), as root.
+#
+#   ./bootstrap.sh demo    install everything, bring up topologies/demo.yaml, show it
+#   ./bootstrap.sh test    install everything, run the whole test suite
+#   ./bootstrap.sh deps    install everything, nothing else
+#
+# POSIX sh on purpose: a minimal Debian has neither make nor bash guaranteed.
+set -eu
+cd "$(dirname "$0")"
+HERE=$(pwd)
+VENV="$HERE/.venv"
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "bootstrap.sh: run as root (sudo ./bootstrap.sh $1): netlab creates network namespaces" >&2
+        exit 1
+    fi
+}
+
+apt_deps() {
+    # Runtime: the kernel's tools netlab drives. Test-only: the reference CNI
+    # plugins, etcd, iperf3, Mininet (benchmark peer), vagrant (Vagrantfile check),
+    # QEMU + a stock kernel for the IPVS subset (tests/vm).
+    PKGS="python3 python3-venv python3-pip iproute2 iptables nftables conntrack ipset tcpdump procps kmod
+          ca-certificates"
+    if [ "$1" = test ]; then
+        PKGS="$PKGS containernetworking-plugins etcd-server etcd-client iperf3 mininet graphviz vagrant
+              qemu-system-x86 busybox-static ipvsadm cpio gzip"
+    fi
+    missing=""
+    for p in $PKGS; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+    done
+    if [ -n "$missing" ]; then
+        echo "==> apt-get install$missing"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        # shellcheck disable=SC2086
+        apt-get install -y -q --no-install-recommends $missing
+    fi
+}
+
+venv() {
+    # Debian's own python3 (not whatever python is first on PATH): that is what a fresh machine has.
+    PY=/usr/bin/python3
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "==> creating $VENV"
+        "$PY" -m venv "$VENV"
+    fi
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    echo "==> pip install -e .[test]"
+    "$VENV/bin/python" -m pip install -q -e "$HERE[test]"
+}
+
+case "${1:-}" in
+deps)
+    need_root deps; apt_deps test; venv ;;
+demo)
+    need_root demo; apt_deps demo; venv
+    "$VENV/bin/netlab" up -f topologies/demo.yaml
+    "$VENV/bin/netlab" status demo
+    "$VENV/bin/netlab" check demo
+    echo
+    echo "The demo lab is up. Look around:"
+    echo "  sudo $VENV/bin/netlab status demo -o wide"
+    echo "  sudo $VENV/bin/netlab exec demo/web-0 -- ip addr"
+    echo "Tear it down with:"
+    echo "  sudo $VENV/bin/netlab down demo"
+    ;;
+test)
+    shift; need_root test; apt_deps test; venv
+    exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@" tests
+    ;;
+*)
+    echo "usage: $0 demo | test | deps" >&2; exit 2 ;;
+esac
