@@ -1,0 +1,1 @@
+"""Loading and validating everything a user writes, before anything is created."""
