@@ -22,7 +22,7 @@ apt_deps() {
     # Runtime: the kernel's tools netlab drives. Test-only: the reference CNI
     # plugins, etcd, iperf3, Mininet (benchmark peer), vagrant (Vagrantfile check),
     # QEMU + a stock kernel for the IPVS subset (tests/vm).
-    PKGS="python3 python3-venv python3-pip iproute2 iptables nftables conntrack ipset tcpdump procps kmod
+    PKGS="python3 python3-venv python3-pip iproute2 iptables nftables conntrack ipset tcpdump procps kmod iputils-ping
           ca-certificates"
     if [ "$1" = test ]; then
         PKGS="$PKGS containernetworking-plugins etcd-server etcd-client iperf3 mininet graphviz vagrant

@@ -1,0 +1,242 @@
+"""`netlab`: the command line. A thin shell over netlab.lab; errors become one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from netlab.errors import NetlabError, SpecErrors
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fail(e: NetlabError) -> None:
+    if isinstance(e, SpecErrors):
+        for err in e.errors:
+            click.echo(f"error: {err}", err=True)
+        click.echo(f"{len(e.errors)} errors; nothing was created", err=True)
+    else:
+        prefix = "error: " if e.exit_code == 2 else "netlab: "
+        click.echo(f"{prefix}{e}", err=True)
+    sys.exit(e.exit_code)
+
+
+ROOTLESS = {"validate"}
+
+
+class _Group(click.Group):
+    """Turns NetlabError into a message and its exit code, everywhere."""
+
+    def invoke(self, ctx):
+        try:
+            sub = ctx.protected_args[0] if ctx.protected_args else None
+            if sub and sub not in ROOTLESS and os.geteuid() != 0 and "--help" not in ctx.args and "-h" not in ctx.args:
+                from netlab.errors import NeedsRoot
+
+                raise NeedsRoot("netlab needs root to create and enter network namespaces: run it with sudo")
+            return super().invoke(ctx)
+        except NetlabError as e:
+            _fail(e)
+        except KeyboardInterrupt:
+            click.echo("netlab: interrupted; `netlab down LAB` removes what was made", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="netlab")
+def cli() -> None:
+    """The Kubernetes network data plane, emulated with real Linux namespaces."""
+
+
+def _progress_printer():
+    """A rich progress bar on a terminal, nothing otherwise (logs stay clean)."""
+    if not sys.stderr.isatty():
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=_console(stderr=True), transient=True)
+    tasks: dict[str, int] = {}
+
+    def update(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = prog.add_task(what, total=total)
+        prog.update(tasks[what], completed=done, total=total)
+
+    return prog, update
+
+
+@cli.command()
+@click.option("-f", "--filename", "files", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Topology file (repeatable): one Lab and its Pods, Services, EndpointSlices.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for the pods.")
+def up(files: tuple[str, ...], timeout: float) -> None:
+    """Build a lab from topology files (idempotent)."""
+    from netlab import lab
+
+    prog, update = _progress_printer()
+    if prog:
+        with prog:
+            res = lab.up(list(files), update, timeout)
+    else:
+        res = lab.up(list(files), None, timeout)
+    if res.created:
+        click.echo(f"lab {res.lab} is up: {len(res.changes)} changes, {res.pods} pods in {res.seconds:.1f}s")
+    elif res.changes:
+        click.echo(f"lab {res.lab} updated: " + "; ".join(res.changes[:10]) + (" ..." if len(res.changes) > 10 else ""))
+    else:
+        click.echo(f"lab {res.lab} is up to date: nothing changed")
+
+
+@cli.command()
+@click.option("-f", "--filename", "files", multiple=True, required=True, type=click.Path(dir_okay=False))
+def validate(files: tuple[str, ...]) -> None:
+    """Check topology files without creating anything (no root needed)."""
+    from netlab.spec.topology import load_topology
+
+    topo = load_topology(list(files))
+    click.echo(f"lab {topo.lab.name}: {len(topo.lab.nodes)} nodes, {len(topo.pods)} pods, "
+               f"{len(topo.objects)} other objects: valid")
+
+
+@cli.command()
+@click.argument("lab_name", required=False, metavar="[LAB]")
+def down(lab_name: str | None) -> None:
+    """Remove a lab: its processes, namespaces, links and files."""
+    from netlab import lab
+
+    name, removed = lab.down(lab_name)
+    click.echo(f"lab {name} is down: removed {', '.join(removed) or 'nothing (already gone)'}")
+
+
+@cli.command()
+def cleanup() -> None:
+    """Remove every object any netlab lab made on this machine, and nothing else."""
+    from netlab import lab
+
+    out = lab.cleanup()
+    if not out:
+        click.echo("nothing to clean up")
+    for name, removed in out.items():
+        click.echo(f"{name}: removed {', '.join(removed) or 'nothing'}")
+
+
+@cli.command()
+@click.argument("lab_name", required=False, metavar="[LAB]")
+@click.option("-o", "--output", type=click.Choice(["table", "wide", "json", "yaml"]), default="table", show_default=True)
+def status(lab_name: str | None, output: str) -> None:
+    """Nodes, pods and services of a lab."""
+    from netlab import lab
+
+    st = lab.status(lab_name)
+    if output == "json":
+        click.echo(json.dumps(st, indent=2))
+        return
+    if output == "yaml":
+        import yaml
+
+        click.echo(yaml.safe_dump(st, sort_keys=False), nl=False)
+        return
+    from netlab.render import status_tables
+
+    console = _console()
+    for table in status_tables(st, wide=output == "wide"):
+        console.print(table)
+
+
+@cli.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.option("-l", "--lab", "lab_name", help="The lab (default: the only one).")
+@click.argument("target")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(lab_name: str | None, target: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND in the namespace of a node, pod ([NS/]POD) or client, as `ip netns exec`."""
+    from netlab import lab, netns
+
+    lab.require_root()
+    ns = lab.target_netns(lab_name, target)
+    fd = os.open(netns.path(ns), os.O_RDONLY)
+    if netns._libc.setns(fd, 0x40000000) != 0:
+        raise NetlabError(f"cannot enter {ns}")
+    os.close(fd)
+    try:
+        os.execvp(command[0], list(command))
+    except FileNotFoundError:
+        raise NetlabError(f"{command[0]}: command not found") from None
+
+
+@cli.command()
+@click.option("-l", "--lab", "lab_name", help="The lab (default: the only one).")
+@click.option("-f", "--filename", "files", multiple=True, required=True, type=click.Path(dir_okay=False))
+def apply(lab_name: str | None, files: tuple[str, ...]) -> None:
+    """Create or update Pods, Services and EndpointSlices in a running lab."""
+    from netlab import lab
+
+    changes = lab.apply(lab_name, list(files))
+    click.echo("\n".join(f"{c} configured" for c in changes) or "nothing changed")
+
+
+@cli.command()
+@click.option("-l", "--lab", "lab_name", help="The lab (default: the only one).")
+@click.option("-f", "--filename", "files", multiple=True, required=True, type=click.Path(dir_okay=False))
+def delete(lab_name: str | None, files: tuple[str, ...]) -> None:
+    """Delete the Pods, Services and EndpointSlices named in FILE from a running lab."""
+    from netlab import lab
+
+    removed = lab.delete(lab_name, list(files))
+    click.echo("\n".join(f"{r} deleted" for r in removed) or "nothing to delete")
+
+
+@cli.command()
+@click.argument("lab_name", required=False, metavar="[LAB]")
+@click.option("-o", "--output", type=click.Choice(["dot", "mermaid"]), default="dot", show_default=True)
+def graph(lab_name: str | None, output: str) -> None:
+    """The lab's topology as Graphviz dot or Mermaid."""
+    from netlab import lab
+    from netlab.render import to_dot, to_mermaid
+
+    st = lab.status(lab_name)
+    click.echo(to_dot(st) if output == "dot" else to_mermaid(st))
+
+
+@cli.command()
+@click.argument("lab_name", required=False, metavar="[LAB]")
+def check(lab_name: str | None) -> None:
+    """Connectivity check: every pod to every other pod (TCP and UDP), and every node to its pods."""
+    from netlab import lab
+    from netlab.check import run_checks
+    from netlab.render import check_table
+
+    lab.require_root()
+    st = lab.status(lab_name)
+    results = run_checks(st)
+    _console().print(check_table(results))
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise NetlabError(f"{len(failed)} of {len(results)} checks failed")
+
+
+def _register_plugins() -> None:
+    """Command groups that other packages of netlab provide."""
+    try:
+        from cni.cli import cni
+    except ImportError:
+        return
+    cli.add_command(cni)
+
+
+_register_plugins()
+
+
+def main() -> None:
+    cli(prog_name="netlab")
+
+
+if __name__ == "__main__":
+    main()

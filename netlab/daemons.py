@@ -1,0 +1,165 @@
+"""Processes netlab starts: spawned inside a namespace, marked, recorded, ended by PID.
+
+Principle 3: every process carries ``NETLAB_LAB=<lab>`` in its environment
+(inherited by its children), and its PID with the kernel's start time is
+recorded under /run/netlab/<lab>/pids/, so `down` ends exactly the lab's
+processes (a recycled PID has another start time) and nothing else, unlike
+Mininet's `mn -c` which kills by broad pattern.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable
+
+from netlab import names, netns
+
+ENV_LAB = "NETLAB_LAB"
+ENV_DAEMON = "NETLAB_DAEMON"
+
+
+def pid_dir(lab: str) -> str:
+    return os.path.join(names.lab_dir(lab), "pids")
+
+
+def log_dir(lab: str) -> str:
+    return os.path.join(names.lab_dir(lab), "logs")
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return []
+
+
+def env_for(lab: str, daemon: str | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env[ENV_LAB] = lab
+    if daemon:
+        env[ENV_DAEMON] = daemon
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def spawn(lab: str, daemon: str, netns_name: str, argv: list[str]) -> int:
+    """Start a detached daemon in `netns_name`, log to logs/<daemon>.log, record its PID."""
+    os.makedirs(pid_dir(lab), exist_ok=True)
+    os.makedirs(log_dir(lab), exist_ok=True)
+    log = open(os.path.join(log_dir(lab), f"{daemon}.log"), "ab")
+    try:
+        proc = netns.popen_in(
+            netns_name, argv, env=env_for(lab, daemon), stdin=open(os.devnull, "rb"), stdout=log, stderr=log,
+            close_fds=True, cwd="/",
+        )
+    finally:
+        log.close()
+    with open(os.path.join(pid_dir(lab), f"{daemon}.pid"), "w") as f:
+        f.write(f"{proc.pid} {start_time(proc.pid)}\n")
+    # The child is detached (own session); reap it from a thread-less parent by not waiting.
+    proc.returncode = 0  # tell subprocess not to warn about an unreaped child at exit
+    return proc.pid
+
+
+def python_argv(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def recorded_pid(lab: str, daemon: str) -> int | None:
+    """The daemon's PID if it is still the process we started."""
+    try:
+        with open(os.path.join(pid_dir(lab), f"{daemon}.pid")) as f:
+            pid_s, start_s = f.read().split()
+    except (OSError, ValueError):
+        return None
+    pid = int(pid_s)
+    return pid if str(start_time(pid)) == start_s else None
+
+
+def alive(lab: str, daemon: str) -> bool:
+    pid = recorded_pid(lab, daemon)
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def lab_processes(lab: str | None) -> list[int]:
+    """PIDs whose environment marks them as `lab`'s (any lab's when None); never our own."""
+    me = os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        for var in _environ(int(entry)):
+            if var.startswith(ENV_LAB.encode() + b"=") and (lab is None or var == f"{ENV_LAB}={lab}".encode()):
+                out.append(int(entry))
+                break
+    return out
+
+
+def terminate(pids: Iterable[int], grace: float = 2.0) -> None:
+    """SIGTERM, then SIGKILL whatever is left after `grace` seconds; poll, don't sleep blindly."""
+    pids = list(pids)
+    starts = {p: start_time(p) for p in pids}
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+
+    def living() -> list[int]:
+        out = []
+        for p in pids:
+            st = start_time(p)
+            if st is not None and st == starts[p]:
+                try:
+                    with open(f"/proc/{p}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                            with contextlib.suppress(ChildProcessError):
+                                os.waitpid(p, os.WNOHANG)
+                            continue
+                except OSError:
+                    continue
+                out.append(p)
+        return out
+
+    while living() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for p in living():
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 2
+    while living() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def stop(lab: str, daemon: str) -> None:
+    pid = recorded_pid(lab, daemon)
+    if pid is not None:
+        terminate([pid])
+    try:
+        os.unlink(os.path.join(pid_dir(lab), f"{daemon}.pid"))
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,143 @@
+"""The kernel adapter for the lab fabric: underlay, nodes, external clients.
+
+It makes the kernel match a `LabPlan` with upsert semantics (principle 2):
+what exists and is right is kept, what is missing is made, what is wrong is
+replaced; removing what is already gone is success. Everything lives in
+namespaces named after the lab (principle 4): the underlay bridge sits in
+the lab's own namespace, never in the host's root namespace, so removing
+the lab's namespaces removes every link it made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+from netlab import names, netns
+from netlab.plan import ClientPlan, LabPlan, NodePlan
+
+# The sysctls of a Kubernetes node (kubeadm's preflight checks and flannel's docs ask for both).
+NODE_SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.bridge.bridge-nf-call-iptables": "1",
+    "net.bridge.bridge-nf-call-ip6tables": "1",
+}
+
+
+@dataclass
+class Changes:
+    """What an apply did, so a second `up` can say "nothing changed"."""
+
+    made: list[str] = field(default_factory=list)
+
+    def add(self, what: str) -> None:
+        self.made.append(what)
+
+    def __bool__(self) -> bool:
+        return bool(self.made)
+
+
+def _link(ipr, ifname: str):
+    idx = ipr.link_lookup(ifname=ifname)
+    return ipr.get_links(idx[0])[0] if idx else None
+
+
+def _set_up(ipr, ifname: str, changes: Changes, what: str) -> int:
+    link = _link(ipr, ifname)
+    idx = link["index"]
+    if not link["flags"] & 1:
+        ipr.link("set", index=idx, state="up")
+        changes.add(f"{what}: {ifname} up")
+    return idx
+
+
+def ensure_lab_namespace(plan: LabPlan, changes: Changes) -> None:
+    """The lab namespace with the underlay bridge: the nodes' shared L2 segment."""
+    if netns.create(plan.netns):
+        changes.add(f"netns {plan.netns}")
+    with netns.iproute(plan.netns) as ipr:
+        _set_up(ipr, "lo", changes, plan.netns)
+        br = _link(ipr, names.UNDERLAY_BRIDGE)
+        if br is None:
+            ipr.link("add", ifname=names.UNDERLAY_BRIDGE, kind="bridge", mtu=plan.lab.underlay_mtu)
+            changes.add(f"bridge {names.UNDERLAY_BRIDGE}")
+        elif br.get_attr("IFLA_MTU") != plan.lab.underlay_mtu:
+            ipr.link("set", index=br["index"], mtu=plan.lab.underlay_mtu)
+            changes.add(f"bridge {names.UNDERLAY_BRIDGE} mtu")
+        _set_up(ipr, names.UNDERLAY_BRIDGE, changes, plan.netns)
+    # The lab namespace only switches frames; keep its netfilter out of the path.
+    netns.write_sysctl(plan.netns, "net.bridge.bridge-nf-call-iptables", 0)
+
+
+def _attach(plan: LabPlan, port: str, target_netns: str, ip, changes: Changes, what: str) -> None:
+    """A veth from the underlay bridge (end `port`) to `eth0` in `target_netns`, addressed `ip`."""
+    if netns.create(target_netns):
+        changes.add(f"netns {target_netns}")
+    with netns.iproute(plan.netns) as lab_ipr, netns.iproute(target_netns) as ipr:
+        if _link(lab_ipr, port) is None:
+            stale = _link(ipr, names.NODE_UPLINK)
+            if stale is not None:  # an eth0 whose peer is gone: replace it
+                ipr.link("del", index=stale["index"])
+            fd = os.open(netns.path(target_netns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                lab_ipr.link(
+                    "add",
+                    ifname=port,
+                    kind="veth",
+                    mtu=plan.lab.underlay_mtu,
+                    peer={"ifname": names.NODE_UPLINK, "net_ns_fd": fd, "mtu": plan.lab.underlay_mtu},
+                )
+            finally:
+                os.close(fd)
+            changes.add(f"{what}: veth {port} <-> eth0")
+        port_link = _link(lab_ipr, port)
+        bridge_idx = lab_ipr.link_lookup(ifname=names.UNDERLAY_BRIDGE)[0]
+        if port_link.get_attr("IFLA_MASTER") != bridge_idx:
+            lab_ipr.link("set", index=port_link["index"], master=bridge_idx)
+            changes.add(f"{what}: {port} on {names.UNDERLAY_BRIDGE}")
+        _set_up(lab_ipr, port, changes, what)
+
+        _set_up(ipr, "lo", changes, what)
+        eth0 = _set_up(ipr, names.NODE_UPLINK, changes, what)
+        want = (str(ip), plan.prefixlen)
+        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=eth0, family=2)}
+        if want not in have:
+            for addr, plen in have:
+                ipr.addr("del", index=eth0, address=addr, prefixlen=plen)
+            ipr.addr("add", index=eth0, address=str(ip), prefixlen=plan.prefixlen)
+            changes.add(f"{what}: {ip}/{plan.prefixlen} on eth0")
+
+
+def ensure_node(plan: LabPlan, node: NodePlan, changes: Changes) -> None:
+    _attach(plan, node.underlay_port, node.netns, node.ip, changes, node.name)
+    for key, value in NODE_SYSCTLS.items():
+        if netns.read_sysctl(node.netns, key) != value:
+            netns.write_sysctl(node.netns, key, value)
+            changes.add(f"{node.name}: {key}={value}")
+
+
+def client_port(client: ClientPlan) -> str:
+    return f"ext-{client.name}"[: names.IFNAMSIZ]
+
+
+def ensure_client(plan: LabPlan, client: ClientPlan, changes: Changes) -> None:
+    _attach(plan, client_port(client), client.netns, client.ip, changes, f"client {client.name}")
+
+
+def remove_node(plan: LabPlan, node: NodePlan) -> None:
+    """Remove a node's namespace and its underlay port (missing is success)."""
+    if netns.exists(plan.netns):
+        with netns.iproute(plan.netns) as ipr:
+            link = _link(ipr, node.underlay_port)
+            if link is not None:
+                with contextlib.suppress(Exception):
+                    ipr.link("del", index=link["index"])
+    netns.remove(node.netns)
+
+
+def lab_namespaces(lab: str) -> list[str]:
+    """Every namespace of `lab`, found by name: pods first, the lab namespace last."""
+    own = names.lab_netns(lab)
+    found = [n for n in netns.list_names() if n == own or n.startswith(own + ".")]
+    return sorted(found, key=lambda n: (-n.count("."), n))

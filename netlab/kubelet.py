@@ -1,0 +1,367 @@
+"""The kubelet's role for every node of a lab: pods from the store to running sandboxes.
+
+As the real kubelet and its container runtime do, for each Pod bound to a
+node it creates the sandbox (a network namespace with `lo` up), calls the
+node's CNI network (/etc/cni/net.d, here the node's cni/net.d dir) with
+ADD, starts the containers, restarts them per restartPolicy with a
+back-off, and writes the Pod's status (phase, podIP, hostIP, container
+statuses) back to the store. A deleted Pod is stopped, DEL'ed from CNI and
+its namespace removed.
+
+One kubelet serves all nodes of a lab from one process: a thousand pods'
+built-in servers live on one asyncio loop, which keeps a large lab within
+its memory budget. Runtime state (sandbox IDs, as containerd keeps them)
+lives under /run/netlab/<lab>/pods/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from netlab import daemons, names, netexec, netns
+from netlab.store import NODES, PODS, Store
+
+log = logging.getLogger("netlab.kubelet")
+
+CNI_CONF_NAME = "10-flannel.conflist"
+# Back-off between restarts: kubelet's CrashLoopBackOff starts at 10 s and
+# doubles to 5 min; a lab wants faster feedback, so 0.5 s doubling to 10 s.
+BACKOFF_START = 0.5
+BACKOFF_MAX = 10.0
+BACKOFF_RESET_AFTER = 10.0
+STOP_GRACE = 2.0
+ENV_POD = "NETLAB_POD"
+
+
+def sandbox_id(namespace: str, name: str, uid: str) -> str:
+    """A 64-hex sandbox ID, as containerd's, stable for one incarnation of a pod."""
+    return hashlib.sha256(f"{namespace}/{name}/{uid}".encode()).hexdigest()
+
+
+def node_cni_conf(lab: str, node: str) -> dict:
+    with open(os.path.join(names.cni_net_dir(lab, node), CNI_CONF_NAME)) as f:
+        return json.load(f)
+
+
+@dataclass
+class Container:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    exit_code: int | None = None
+    backoff: float = BACKOFF_START
+    waiting: str | None = None  # a kubelet waiting reason, e.g. CrashLoopBackOff
+
+
+@dataclass
+class Sandbox:
+    namespace: str
+    name: str
+    node: str
+    netns: str
+    id: str
+    ip: str | None = None
+    servers: netexec.PodServers | None = None
+    containers: list[Container] = field(default_factory=list)
+    builtin: bool = False
+    restart_policy: str = "Always"
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    reported: str = ""  # the last status written, to skip identical writes
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def phase(sb: Sandbox) -> str:
+    """Kubernetes' pod phase from container states."""
+    if sb.builtin and sb.servers is not None:
+        return "Running"
+    if not sb.containers:
+        return "Pending"
+    running = [c for c in sb.containers if c.proc is not None and c.proc.returncode is None]
+    if running:
+        return "Running"
+    done = [c for c in sb.containers if c.exit_code is not None]
+    will_restart = sb.restart_policy == "Always" or (
+        sb.restart_policy == "OnFailure" and any(c.exit_code for c in done)
+    )
+    if len(done) == len(sb.containers) and not will_restart:
+        return "Succeeded" if all(c.exit_code == 0 for c in done) else "Failed"
+    return "Running" if any(c.restarts for c in sb.containers) else "Pending"
+
+
+class Kubelet:
+    def __init__(self, lab: str, store: Store) -> None:
+        self.lab = lab
+        self.store = store
+        self.sandboxes: dict[str, Sandbox] = {}
+        self.retry_at: dict[str, float] = {}
+        self.node_ips: dict[str, str] = {}
+        self.stop_event = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self.state_dir = os.path.join(names.lab_dir(lab), "pods")
+        self.log_dir = os.path.join(names.lab_dir(lab), "logs", "pods")
+        os.makedirs(self.state_dir, exist_ok=True)
+        os.makedirs(self.log_dir, exist_ok=True)
+
+    # -- the sync loop --------------------------------------------------------
+
+    async def run(self) -> None:
+        self._reap_orphans()
+        rev = 0
+        while not self.stop_event.is_set():
+            try:
+                rev = await self.sync_once()
+            except Exception:
+                log.exception("sync failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            # Wait for a change to pods or nodes (store watch by polling revisions).
+            deadline = time.monotonic() + 1.0
+            while not self.stop_event.is_set() and time.monotonic() < deadline:
+                events, rev_now = self.store.events_since(PODS, rev)
+                if events or self._dirty.is_set():
+                    break
+                node_events, _ = self.store.events_since(NODES, rev)
+                if node_events:
+                    break
+                rev = rev_now
+                await asyncio.sleep(0.05)
+            self._dirty.clear()
+        await self.shutdown()
+
+    async def sync_once(self) -> int:
+        nodes, _ = self.store.list(NODES)
+        self.node_ips = {
+            kv.value["metadata"]["name"]: next(
+                (a["address"] for a in kv.value.get("status", {}).get("addresses", []) if a["type"] == "InternalIP"), ""
+            )
+            for kv in nodes
+        }
+        pods, rev = self.store.list(PODS)
+        desired: dict[str, dict] = {}
+        for kv in pods:
+            pod = kv.value
+            node = pod.get("spec", {}).get("nodeName")
+            if node in self.node_ips:
+                desired[f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"] = pod
+        for key in [k for k in self.sandboxes if k not in desired]:
+            await self.kill_pod(self.sandboxes.pop(key))
+        for key, pod in desired.items():
+            if key not in self.sandboxes and self.retry_at.get(key, 0) <= time.monotonic():
+                try:
+                    await self.start_pod(pod)
+                    self.retry_at.pop(key, None)
+                except Exception as e:
+                    # As kubelet's FailedCreatePodSandBox: undo what was made, retry later.
+                    log.exception("pod %s failed to start", key)
+                    sb = self.sandboxes.pop(key, None)
+                    if sb is not None:
+                        await self.kill_pod(sb)
+                    self.retry_at[key] = time.monotonic() + 5.0
+                    self.report_failure(pod, str(e))
+            # Give the loop a breath between pods, so servers answer during a big build.
+            await asyncio.sleep(0)
+        self.report_all()
+        return rev
+
+    # -- pods -------------------------------------------------------------------
+
+    def _state_path(self, namespace: str, name: str) -> str:
+        return os.path.join(self.state_dir, f"{namespace}_{name}.json")
+
+    async def start_pod(self, pod: dict) -> None:
+        from cni import api as cni_api
+
+        meta, spec = pod["metadata"], pod["spec"]
+        ns, name, node = meta["namespace"], meta["name"], spec["nodeName"]
+        uid = meta.get("uid") or str(pod.get("_create_revision", ""))
+        sb = Sandbox(ns, name, node, names.pod_netns(self.lab, node, ns, name), sandbox_id(ns, name, uid),
+                     restart_policy=spec.get("restartPolicy", "Always"))
+        self.sandboxes[sb.key] = sb
+        # As the runtime: the sandbox namespace with lo up, then the CNI network.
+        netns.create(sb.netns)
+        with netns.iproute(sb.netns) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        with open(self._state_path(ns, name), "w") as f:
+            json.dump({"id": sb.id, "netns": sb.netns, "node": node}, f)
+        result = cni_api.add(
+            node_cni_conf(self.lab, node),
+            container_id=sb.id,
+            netns=netns.path(sb.netns),
+            ifname=names.POD_IFNAME,
+            args=f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={sb.id}",
+            host_netns=names.node_netns(self.lab, node),
+        )
+        sb.ip = result["ips"][0]["address"].split("/")[0]
+        containers = spec.get("containers", [])
+        commanded = [c for c in containers if c.get("command")]
+        tcp_ports = {p["containerPort"] for c in containers for p in c.get("ports", []) if p.get("protocol", "TCP") == "TCP"}
+        udp_ports = {p["containerPort"] for c in containers for p in c.get("ports", []) if p.get("protocol") == "UDP"}
+        if len(commanded) < len(containers):
+            sb.builtin = True
+            sb.servers = await netexec.serve(sb.netns, name, tcp_ports, udp_ports)
+        for c in commanded:
+            env = daemons.env_for(self.lab)
+            env.update({"HOSTNAME": name, ENV_POD: sb.key, "POD_IP": sb.ip, "POD_NAME": name, "POD_NAMESPACE": ns,
+                        "NODE_NAME": node})
+            env.update({e["name"]: e.get("value", "") for e in c.get("env", [])})
+            ct = Container(c["name"], list(c["command"]) + list(c.get("args", [])), env)
+            sb.containers.append(ct)
+            sb.tasks.append(asyncio.ensure_future(self._supervise(sb, ct)))
+
+    async def _supervise(self, sb: Sandbox, ct: Container) -> None:
+        """Run one container, restarting it per the pod's restartPolicy with back-off."""
+        logfile = os.path.join(self.log_dir, f"{sb.namespace}_{sb.name}_{ct.name}.log")
+        while not self.stop_event.is_set():
+            with open(logfile, "ab") as out, netns._child_enters(sb.netns) as enter:
+                try:
+                    ct.proc = await asyncio.create_subprocess_exec(
+                        *ct.argv, env=ct.env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                        preexec_fn=enter, start_new_session=True, cwd="/",
+                    )
+                except OSError as e:
+                    out.write(f"netlab: cannot start {ct.argv[0]!r}: {e.strerror}\n".encode())
+                    ct.proc, ct.exit_code = None, 128
+                    ct.waiting = "RunContainerError"
+            if ct.proc is not None:
+                ct.started_at, ct.waiting = time.monotonic(), None
+                self._dirty.set()
+                ct.exit_code = await ct.proc.wait()
+                if time.monotonic() - ct.started_at > BACKOFF_RESET_AFTER:
+                    ct.backoff = BACKOFF_START
+            self._dirty.set()
+            if sb.restart_policy == "Never" or (sb.restart_policy == "OnFailure" and ct.exit_code == 0):
+                return
+            ct.waiting = "CrashLoopBackOff"
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), timeout=ct.backoff)
+                return
+            except asyncio.TimeoutError:
+                pass
+            ct.backoff = min(ct.backoff * 2, BACKOFF_MAX)
+            ct.restarts += 1
+
+    async def _stop_containers(self, sb: Sandbox) -> None:
+        for t in sb.tasks:
+            t.cancel()
+        procs = [c.proc for c in sb.containers if c.proc is not None and c.proc.returncode is None]
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if procs:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), STOP_GRACE)
+            except asyncio.TimeoutError:
+                for p in procs:
+                    try:
+                        os.killpg(p.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                await asyncio.gather(*(p.wait() for p in procs), return_exceptions=True)
+        if sb.servers is not None:
+            sb.servers.close()
+            sb.servers = None
+
+    async def kill_pod(self, sb: Sandbox) -> None:
+        await self._stop_containers(sb)
+        self._teardown(sb.node, sb.id, sb.netns)
+        try:
+            os.unlink(self._state_path(sb.namespace, sb.name))
+        except FileNotFoundError:
+            pass
+
+    def _reap_orphans(self) -> None:
+        """Sandboxes from a previous kubelet of this lab: torn down, then rebuilt from the store.
+
+        Their containers were ours but are no longer our children; they are
+        found by the NETLAB_POD marker and ended, as a restarted kubelet
+        kills containers it cannot adopt.
+        """
+        marker = f"{ENV_POD}=".encode()
+        orphans = [p for p in daemons.lab_processes(self.lab) if any(v.startswith(marker) for v in daemons._environ(p))]
+        daemons.terminate(orphans)
+        for fn in os.listdir(self.state_dir):
+            path = os.path.join(self.state_dir, fn)
+            try:
+                with open(path) as f:
+                    st = json.load(f)
+                self._teardown(st["node"], st["id"], st["netns"])
+            except (OSError, ValueError, KeyError):
+                log.exception("cannot read sandbox state %s", path)
+            os.unlink(path)
+
+    def _teardown(self, node: str, sandbox: str, netns_name: str) -> None:
+        """CNI DEL and namespace removal; both succeed on what is already gone."""
+        from cni import api as cni_api
+
+        try:
+            cni_api.delete(node_cni_conf(self.lab, node), container_id=sandbox, netns=netns.path(netns_name),
+                           ifname=names.POD_IFNAME, host_netns=names.node_netns(self.lab, node))
+        except Exception:
+            log.exception("CNI DEL of sandbox %s failed; removing its namespace anyway", sandbox[:12])
+        netns.remove(netns_name)
+
+    # -- status -----------------------------------------------------------------
+
+    def status_of(self, sb: Sandbox) -> dict[str, Any]:
+        statuses = []
+        for c in sb.containers:
+            if c.proc is not None and c.proc.returncode is None:
+                state: dict[str, Any] = {"running": {}}
+            elif c.waiting:
+                state = {"waiting": {"reason": c.waiting}}
+            else:
+                state = {"terminated": {"exitCode": c.exit_code}}
+            statuses.append({"name": c.name, "ready": "running" in state, "restartCount": c.restarts, "state": state})
+        if sb.builtin:
+            statuses.insert(0, {"name": "netexec", "ready": sb.servers is not None, "restartCount": 0,
+                                "state": {"running": {}}})
+        st: dict[str, Any] = {"phase": phase(sb), "hostIP": self.node_ips.get(sb.node, ""), "containerStatuses": statuses}
+        if sb.ip:
+            st["podIP"] = sb.ip
+            st["podIPs"] = [{"ip": sb.ip}]
+        return st
+
+    def _write_status(self, namespace: str, name: str, status: dict) -> bool:
+        key = f"{PODS}{namespace}/{name}"
+        for _ in range(5):
+            kv = self.store.get(key)
+            if kv is None:
+                return False  # deleted meanwhile: never resurrect a pod
+            if kv.value.get("status") == status:
+                return True
+            obj = dict(kv.value, status=status)
+            if self.store.update(key, obj, expect_revision=kv.mod_revision) is not None:
+                return True
+        return False
+
+    def report_all(self) -> None:
+        for sb in list(self.sandboxes.values()):
+            st = self.status_of(sb)
+            text = json.dumps(st, sort_keys=True)
+            if text != sb.reported and self._write_status(sb.namespace, sb.name, st):
+                sb.reported = text
+
+    def report_failure(self, pod: dict, message: str) -> None:
+        meta = pod["metadata"]
+        self._write_status(meta["namespace"], meta["name"], {"phase": "Pending", "reason": "FailedCreatePodSandBox",
+                                                             "message": message})
+
+    async def shutdown(self) -> None:
+        for sb in list(self.sandboxes.values()):
+            await self._stop_containers(sb)

@@ -1,0 +1,610 @@
+"""The Lab and Pod documents: model, defaults and validation.
+
+Everything a user can get wrong is caught here, before any kernel object
+exists, with one message per problem naming file, line, field and fix.
+The Lab's ``podNetwork`` takes flannel's net-conf.json keys verbatim, so a
+kube-flannel ConfigMap's net-conf.json can be pasted in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from netlab import names
+from netlab.errors import SpecError
+from netlab.spec.source import Document, Path
+
+LAB_API_VERSION = "netlab/v1alpha1"
+PROXY_MODES = ("iptables", "ipvs", "nftables", "userspace")
+BACKENDS = ("vxlan", "host-gw")
+RESTART_POLICIES = ("Always", "OnFailure", "Never")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_KEY_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
+# Netns names are file names under /run/netns.
+_NAME_MAX = 255
+# Lab names appear in every netns name and in /run/netlab/<lab>; keep them short.
+LAB_NAME_MAX = 32
+
+
+@dataclass(frozen=True)
+class Backend:
+    type: str = "vxlan"
+    vni: int = 1
+    port: int = 8472
+    mtu: int | None = None  # flannel's Backend.MTU: the underlay MTU to derive from
+    direct_routing: bool = False
+
+
+@dataclass(frozen=True)
+class PodNetwork:
+    """flannel's net-conf.json."""
+
+    network: ipaddress.IPv4Network
+    subnet_len: int
+    subnet_min: ipaddress.IPv4Address
+    subnet_max: ipaddress.IPv4Address
+    backend: Backend
+
+    def net_conf(self) -> dict[str, Any]:
+        """The net-conf.json document as flannel reads it from /coreos.com/network/config."""
+        be: dict[str, Any] = {"Type": self.backend.type}
+        if self.backend.type == "vxlan":
+            be.update(VNI=self.backend.vni, Port=self.backend.port)
+            if self.backend.direct_routing:
+                be["DirectRouting"] = True
+        if self.backend.mtu is not None:
+            be["MTU"] = self.backend.mtu
+        return {
+            "Network": str(self.network),
+            "SubnetLen": self.subnet_len,
+            "SubnetMin": str(self.subnet_min),
+            "SubnetMax": str(self.subnet_max),
+            "Backend": be,
+        }
+
+    def subnets(self) -> list[ipaddress.IPv4Network]:
+        """Every leasable subnet from SubnetMin to SubnetMax, in order."""
+        step = 1 << (32 - self.subnet_len)
+        lo, hi = int(self.subnet_min), int(self.subnet_max)
+        return [ipaddress.IPv4Network((a, self.subnet_len)) for a in range(lo, hi + 1, step)]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """An external client: a namespace on the underlay, outside the cluster."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    name: str
+    nodes: tuple[NodeSpec, ...]
+    pod_network: PodNetwork
+    service_cidr: ipaddress.IPv4Network
+    underlay_cidr: ipaddress.IPv4Network
+    underlay_mtu: int
+    proxy_mode: str
+    node_port_range: tuple[int, int]
+    load_balancer_pool: ipaddress.IPv4Network
+    clients: tuple[ClientSpec, ...]
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical form, recorded in the state dir and compared by a second `up`."""
+        return {
+            "name": self.name,
+            "nodes": [{"name": n.name, "labels": dict(n.labels)} for n in self.nodes],
+            "podNetwork": self.pod_network.net_conf(),
+            "serviceCIDR": str(self.service_cidr),
+            "underlayCIDR": str(self.underlay_cidr),
+            "underlayMTU": self.underlay_mtu,
+            "proxyMode": self.proxy_mode,
+            "nodePortRange": f"{self.node_port_range[0]}-{self.node_port_range[1]}",
+            "loadBalancerPool": str(self.load_balancer_pool),
+            "clients": [{"name": c.name} for c in self.clients],
+        }
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    container_port: int
+    protocol: str = "TCP"
+    name: str | None = None
+    host_port: int | None = None
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    command: tuple[str, ...] = ()  # empty: the built-in test server (agnhost netexec)
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    ports: tuple[ContainerPort, ...] = ()
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    namespace: str
+    name: str
+    node: str | None  # None: the scheduler places it
+    labels: dict[str, str]
+    containers: tuple[ContainerSpec, ...]
+    restart_policy: str = "Always"
+    source: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+# --- validation helpers --------------------------------------------------------
+
+
+class _Checker:
+    """Collects every problem of a document instead of stopping at the first."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.errors: list[SpecError] = []
+
+    def fail(self, path: Path, message: str, hint: str = "") -> None:
+        self.errors.append(self.doc.error(path, message, hint))
+
+    def mapping(self, path: Path, value: Any, allowed: set[str], what: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping, not {type(value).__name__}", f"write {what} as key: value pairs")
+            return {}
+        for k in value:
+            if k not in allowed:
+                near = _closest(str(k), allowed)
+                hint = f"did you mean {near!r}?" if near else f"allowed: {', '.join(sorted(allowed))}"
+                self.fail(path + (str(k),), f"unknown field {k!r} in {what}", hint)
+        return value
+
+    def integer(self, path: Path, value: Any, lo: int, hi: int) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(path, f"must be an integer, not {value!r}", f"use a number from {lo} to {hi}")
+            return None
+        if not lo <= value <= hi:
+            self.fail(path, f"{value} is out of range", f"use a number from {lo} to {hi}")
+            return None
+        return value
+
+    def string(self, path: Path, value: Any) -> str | None:
+        if not isinstance(value, str) or not value:
+            self.fail(path, f"must be a non-empty string, not {value!r}")
+            return None
+        return value
+
+    def cidr(self, path: Path, value: Any) -> ipaddress.IPv4Network | None:
+        if not isinstance(value, str):
+            self.fail(path, f"must be an IPv4 CIDR string like 10.244.0.0/16, not {value!r}")
+            return None
+        try:
+            net = ipaddress.IPv4Network(value, strict=True)
+        except ValueError as e:
+            hint = ""
+            try:
+                hint = f"did you mean {ipaddress.IPv4Network(value, strict=False)}?"
+            except ValueError:
+                hint = "write an IPv4 network like 10.244.0.0/16"
+            self.fail(path, f"{value!r} is not a valid IPv4 network: {e}", hint)
+            return None
+        return net
+
+    def dns_label(self, path: Path, value: Any, what: str, max_len: int = 63) -> str | None:
+        if not isinstance(value, str) or not _DNS_LABEL.match(value):
+            self.fail(
+                path,
+                f"{what} {value!r} is not a valid name",
+                "use lower-case letters, digits and '-', starting and ending with a letter or digit",
+            )
+            return None
+        if len(value) > max_len:
+            self.fail(path, f"{what} {value!r} is {len(value)} characters, more than {max_len}", "shorten it")
+            return None
+        return value
+
+    def labels(self, path: Path, value: Any) -> dict[str, str]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, "labels must be a mapping of strings")
+            return {}
+        out = {}
+        for k, v in value.items():
+            key = str(k)
+            name = key.rsplit("/", 1)[-1]
+            if not _LABEL_KEY_NAME.match(name) or len(name) > 63:
+                self.fail(path + (key,), f"label key {key!r} is not valid", "use letters, digits, '-', '_', '.'")
+            if not isinstance(v, str) or not _LABEL_VALUE.match(v) or len(v) > 63:
+                self.fail(path + (key,), f"label value {v!r} is not valid", "quote it as a string of at most 63 characters")
+                continue
+            out[key] = v
+        return out
+
+
+def _closest(word: str, options: set[str]) -> str | None:
+    import difflib
+
+    m = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.6)
+    return m[0] if m else None
+
+
+# --- the Lab -------------------------------------------------------------------
+
+_LAB_TOP = {"apiVersion", "kind", "metadata", "spec"}
+_LAB_META = {"name", "labels", "annotations"}
+_LAB_SPEC = {
+    "nodes",
+    "podNetwork",
+    "serviceCIDR",
+    "underlayCIDR",
+    "underlayMTU",
+    "proxyMode",
+    "nodePortRange",
+    "loadBalancerPool",
+    "clients",
+}
+_NETCONF = {"Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend", "EnableIPv4", "EnableIPv6"}
+_BACKEND = {"Type", "VNI", "Port", "MTU", "DirectRouting", "GBP"}
+_NODE = {"name", "labels"}
+_CLIENT = {"name"}
+
+DEFAULTS = {
+    "nodes": 2,
+    "Network": "10.244.0.0/16",
+    "SubnetLen": 24,
+    "serviceCIDR": "10.96.0.0/12",
+    "underlayCIDR": "192.168.56.0/24",
+    "underlayMTU": 1500,
+    "proxyMode": "iptables",
+    "nodePortRange": "30000-32767",
+}
+
+# Hosts of the underlay: nodes count up from .11 (as a Vagrant lab numbers them),
+# external clients count down from just below the load-balancer pool.
+NODE_HOST_OFFSET = 10
+
+
+def parse_lab(doc: Document) -> LabSpec:
+    c = _Checker(doc)
+    data = c.mapping((), doc.data, _LAB_TOP, "a Lab")
+    if data.get("apiVersion") != LAB_API_VERSION:
+        c.fail(("apiVersion",), f"must be {LAB_API_VERSION!r}, not {data.get('apiVersion')!r}")
+    meta = c.mapping(("metadata",), data.get("metadata"), _LAB_META, "metadata")
+    name = c.dns_label(("metadata", "name"), meta.get("name"), "lab name", LAB_NAME_MAX) if "name" in meta else None
+    if "name" not in meta:
+        c.fail(("metadata",), "the lab needs a name", "add metadata: {name: demo}")
+    spec = c.mapping(("spec",), data.get("spec"), _LAB_SPEC, "the Lab spec")
+
+    # Nodes
+    nodes: list[NodeSpec] = []
+    raw_nodes = spec.get("nodes", DEFAULTS["nodes"])
+    if isinstance(raw_nodes, int) and not isinstance(raw_nodes, bool):
+        n = c.integer(("spec", "nodes"), raw_nodes, 1, 1000)
+        nodes = [NodeSpec(f"node{i + 1}") for i in range(n or 0)]
+    elif isinstance(raw_nodes, list):
+        if not raw_nodes:
+            c.fail(("spec", "nodes"), "a lab needs at least one node")
+        for i, item in enumerate(raw_nodes):
+            p: Path = ("spec", "nodes", i)
+            if isinstance(item, str):
+                item = {"name": item}
+            m = c.mapping(p, item, _NODE, "a node")
+            if "name" not in m:
+                c.fail(p, "a node needs a name", "add name: node1")
+                continue
+            # The node's name is also its underlay port's interface name.
+            nname = c.dns_label(p + ("name",), m["name"], "node name", names.IFNAMSIZ)
+            if nname == "ext":
+                c.fail(p + ("name",), "'ext' is reserved for external clients", "pick another node name")
+                nname = None
+            if nname:
+                nodes.append(NodeSpec(nname, c.labels(p + ("labels",), m.get("labels"))))
+    else:
+        c.fail(("spec", "nodes"), f"must be a count or a list of nodes, not {raw_nodes!r}", "write nodes: 2")
+    seen: dict[str, int] = {}
+    for i, nd in enumerate(nodes):
+        if nd.name in seen:
+            c.fail(("spec", "nodes", i, "name"), f"duplicate node name {nd.name!r}", "give every node its own name")
+        seen[nd.name] = i
+
+    # podNetwork: flannel's net-conf.json
+    pn = c.mapping(("spec", "podNetwork"), spec.get("podNetwork"), _NETCONF, "podNetwork (flannel's net-conf.json)")
+    p_pn: Path = ("spec", "podNetwork")
+    network = c.cidr(p_pn + ("Network",), pn.get("Network", DEFAULTS["Network"]))
+    subnet_len = c.integer(p_pn + ("SubnetLen",), pn.get("SubnetLen", DEFAULTS["SubnetLen"]), 8, 30)
+    be_raw = c.mapping(p_pn + ("Backend",), pn.get("Backend"), _BACKEND, "Backend")
+    p_be = p_pn + ("Backend",)
+    be_type = be_raw.get("Type", "vxlan")
+    if be_type not in BACKENDS:
+        c.fail(p_be + ("Type",), f"unknown backend {be_type!r}", f"use one of: {', '.join(BACKENDS)}")
+    vni = c.integer(p_be + ("VNI",), be_raw.get("VNI", 1), 1, (1 << 24) - 1) or 1
+    port = c.integer(p_be + ("Port",), be_raw.get("Port", 8472), 1, 65535) or 8472
+    be_mtu = c.integer(p_be + ("MTU",), be_raw["MTU"], 576, 9000) if "MTU" in be_raw else None
+    direct = be_raw.get("DirectRouting", False)
+    if not isinstance(direct, bool):
+        c.fail(p_be + ("DirectRouting",), f"must be true or false, not {direct!r}")
+        direct = False
+    if pn.get("EnableIPv6"):
+        c.fail(p_pn + ("EnableIPv6",), "IPv6 pod networks are not supported yet", "remove EnableIPv6")
+    backend = Backend(be_type, vni, port, be_mtu, direct)
+
+    subnet_min = subnet_max = None
+    if network and subnet_len:
+        if subnet_len <= network.prefixlen:
+            c.fail(
+                p_pn + ("SubnetLen",),
+                f"SubnetLen {subnet_len} must be longer than the Network's /{network.prefixlen}",
+                f"use a SubnetLen above {network.prefixlen}, e.g. {min(network.prefixlen + 8, 30)}",
+            )
+        else:
+            step = 1 << (32 - subnet_len)
+            # flannel's defaults: skip the network's first subnet, end at its last.
+            subnet_min = ipaddress.IPv4Address(int(network.network_address) + step)
+            subnet_max = ipaddress.IPv4Address(int(network.broadcast_address) + 1 - step)
+            for key in ("SubnetMin", "SubnetMax"):
+                if key not in pn:
+                    continue
+                try:
+                    addr = ipaddress.IPv4Address(pn[key])
+                except ValueError:
+                    c.fail(p_pn + (key,), f"{pn[key]!r} is not an IPv4 address", "write e.g. 10.244.1.0")
+                    continue
+                if addr not in network or (int(addr) - int(network.network_address)) % step:
+                    c.fail(p_pn + (key,), f"{addr} is not the start of a /{subnet_len} inside {network}")
+                    continue
+                if key == "SubnetMin":
+                    subnet_min = addr
+                else:
+                    subnet_max = addr
+            if subnet_min and subnet_max and subnet_min > subnet_max:
+                c.fail(p_pn + ("SubnetMin",), f"SubnetMin {subnet_min} is above SubnetMax {subnet_max}")
+
+    service_cidr = c.cidr(("spec", "serviceCIDR"), spec.get("serviceCIDR", DEFAULTS["serviceCIDR"]))
+    underlay = c.cidr(("spec", "underlayCIDR"), spec.get("underlayCIDR", DEFAULTS["underlayCIDR"]))
+    underlay_mtu = c.integer(("spec", "underlayMTU"), spec.get("underlayMTU", DEFAULTS["underlayMTU"]), 1280, 9000)
+    proxy_mode = spec.get("proxyMode", DEFAULTS["proxyMode"])
+    if proxy_mode not in PROXY_MODES:
+        c.fail(("spec", "proxyMode"), f"unknown proxy mode {proxy_mode!r}", f"use one of: {', '.join(PROXY_MODES)}")
+
+    npr = spec.get("nodePortRange", DEFAULTS["nodePortRange"])
+    node_port_range = (30000, 32767)
+    m = re.fullmatch(r"(\d+)-(\d+)", str(npr))
+    if not m or not (1 <= int(m.group(1)) <= int(m.group(2)) <= 65535):
+        c.fail(("spec", "nodePortRange"), f"{npr!r} is not a port range", "write it as 30000-32767")
+    else:
+        node_port_range = (int(m.group(1)), int(m.group(2)))
+
+    # External clients
+    clients: list[ClientSpec] = []
+    raw_clients = spec.get("clients", 0)
+    if isinstance(raw_clients, int) and not isinstance(raw_clients, bool):
+        k = c.integer(("spec", "clients"), raw_clients, 0, 50)
+        clients = [ClientSpec(f"client{i + 1}") for i in range(k or 0)]
+    elif isinstance(raw_clients, list):
+        for i, item in enumerate(raw_clients):
+            if isinstance(item, str):
+                item = {"name": item}
+            cm = c.mapping(("spec", "clients", i), item, _CLIENT, "a client")
+            cname = c.dns_label(("spec", "clients", i, "name"), cm.get("name"), "client name", names.IFNAMSIZ - 4)
+            if cname:
+                if any(cl.name == cname for cl in clients):
+                    c.fail(("spec", "clients", i, "name"), f"duplicate client name {cname!r}")
+                clients.append(ClientSpec(cname))
+    else:
+        c.fail(("spec", "clients"), f"must be a count or a list, not {raw_clients!r}")
+
+    # Load-balancer pool: by default the underlay's last /28, as a MetalLB pool on the node LAN.
+    pool = None
+    if underlay:
+        if "loadBalancerPool" in spec:
+            pool = c.cidr(("spec", "loadBalancerPool"), spec["loadBalancerPool"])
+            if pool and not pool.subnet_of(underlay):
+                c.fail(
+                    ("spec", "loadBalancerPool"),
+                    f"{pool} is not inside the underlay {underlay}",
+                    "load-balancer IPs are announced on the node network; pick a range inside underlayCIDR",
+                )
+        elif underlay.prefixlen <= 26:
+            pool = ipaddress.IPv4Network((int(underlay.broadcast_address) - 15, 28))
+        else:
+            pool = ipaddress.IPv4Network((int(underlay.broadcast_address), 32))
+
+    # Overlaps between the lab's networks (as kubeadm refuses overlapping pod/service CIDRs).
+    nets = [
+        (("spec", "podNetwork", "Network"), "podNetwork.Network", network),
+        (("spec", "serviceCIDR"), "serviceCIDR", service_cidr),
+        (("spec", "underlayCIDR"), "underlayCIDR", underlay),
+    ]
+    for i, (pa, na, a) in enumerate(nets):
+        for pb, nb, b in nets[i + 1:]:
+            if a and b and a.overlaps(b):
+                c.fail(pb, f"{nb} {b} overlaps {na} {a}", "give each network its own range")
+
+    # Capacity: subnets for the nodes, underlay addresses for nodes and clients.
+    if network and subnet_len and subnet_min and subnet_max and subnet_len > network.prefixlen:
+        available = (int(subnet_max) - int(subnet_min)) // (1 << (32 - subnet_len)) + 1
+        if len(nodes) > available:
+            c.fail(
+                ("spec", "nodes"),
+                f"{len(nodes)} nodes need {len(nodes)} pod subnets, but {network} with SubnetLen {subnet_len}"
+                f" has only {available} between SubnetMin and SubnetMax",
+                "use fewer nodes, a larger Network or a longer SubnetLen",
+            )
+    if underlay and pool:
+        first_pool_host = int(pool.network_address) - int(underlay.network_address)
+        need = NODE_HOST_OFFSET + len(nodes) + len(clients)
+        if need >= first_pool_host:
+            c.fail(
+                ("spec", "underlayCIDR"),
+                f"{underlay} has no room for {len(nodes)} nodes (from .{NODE_HOST_OFFSET + 1}),"
+                f" {len(clients)} clients and the load-balancer pool {pool}",
+                "use a larger underlayCIDR, e.g. a /24",
+            )
+
+    if c.errors:
+        raise c.errors[0] if len(c.errors) == 1 else _errors(c.errors)
+    assert name and network and subnet_len and subnet_min and subnet_max
+    assert service_cidr and underlay and underlay_mtu and pool
+    for nd in nodes:
+        _check_netns_len(doc, ("spec", "nodes"), names.node_netns(name, nd.name))
+    return LabSpec(
+        name=name,
+        nodes=tuple(nodes),
+        pod_network=PodNetwork(network, subnet_len, subnet_min, subnet_max, backend),
+        service_cidr=service_cidr,
+        underlay_cidr=underlay,
+        underlay_mtu=underlay_mtu,
+        proxy_mode=proxy_mode,
+        node_port_range=node_port_range,
+        load_balancer_pool=pool,
+        clients=tuple(clients),
+        source=doc.where(()),
+    )
+
+
+def _errors(errors: list[SpecError]):
+    from netlab.errors import SpecErrors
+
+    return SpecErrors(errors)
+
+
+def _check_netns_len(doc: Document, path: Path, netns_name: str) -> None:
+    if len(netns_name) > _NAME_MAX:
+        raise doc.error(path, f"the namespace name {netns_name[:40]}... would be {len(netns_name)} characters",
+                        f"keep lab, node, namespace and pod names together under {_NAME_MAX}")
+
+
+# --- Pods ----------------------------------------------------------------------
+
+_POD_TOP = {"apiVersion", "kind", "metadata", "spec", "status"}
+_POD_META = {"name", "namespace", "labels", "annotations", "generateName", "uid"}
+_POD_SPEC = {
+    "nodeName",
+    "containers",
+    "restartPolicy",
+    "terminationGracePeriodSeconds",
+    "nodeSelector",
+    "hostname",
+    "subdomain",
+    "dnsPolicy",
+    "initContainers",
+}
+_CONTAINER = {
+    "name",
+    "image",
+    "command",
+    "args",
+    "ports",
+    "env",
+    "imagePullPolicy",
+    "resources",
+    "readinessProbe",
+    "livenessProbe",
+    "workingDir",
+}
+_PORT = {"containerPort", "protocol", "name", "hostPort", "hostIP"}
+_ENV = {"name", "value"}
+
+
+def parse_pod(doc: Document) -> PodSpec:
+    c = _Checker(doc)
+    data = c.mapping((), doc.data, _POD_TOP, "a Pod")
+    if data.get("apiVersion") != "v1":
+        c.fail(("apiVersion",), f"a Pod's apiVersion is 'v1', not {data.get('apiVersion')!r}")
+    meta = c.mapping(("metadata",), data.get("metadata"), _POD_META, "metadata")
+    name = meta.get("name")
+    if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
+        c.fail(("metadata", "name"), f"pod name {name!r} is not valid",
+               "use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit")
+        name = None
+    namespace = c.dns_label(("metadata", "namespace"), meta.get("namespace", "default"), "namespace")
+    labels = c.labels(("metadata", "labels"), meta.get("labels"))
+    spec = c.mapping(("spec",), data.get("spec"), _POD_SPEC, "the Pod spec")
+    node = spec.get("nodeName")
+    if node is not None:
+        node = c.dns_label(("spec", "nodeName"), node, "node name", names.IFNAMSIZ)
+    if spec.get("initContainers"):
+        c.fail(("spec", "initContainers"), "init containers are not supported", "remove them")
+    restart = spec.get("restartPolicy", "Always")
+    if restart not in RESTART_POLICIES:
+        c.fail(("spec", "restartPolicy"), f"unknown restartPolicy {restart!r}", f"use one of: {', '.join(RESTART_POLICIES)}")
+
+    containers: list[ContainerSpec] = []
+    raw = spec.get("containers")
+    if raw is None:
+        raw = [{"name": "netexec"}]  # a bare Pod runs the built-in server
+    if not isinstance(raw, list) or not raw:
+        c.fail(("spec", "containers"), "must be a non-empty list of containers", "add containers: [{name: app}]")
+        raw = []
+    cnames: set[str] = set()
+    ports_seen: dict[tuple[int, str], Path] = {}
+    for i, item in enumerate(raw):
+        p: Path = ("spec", "containers", i)
+        cm = c.mapping(p, item, _CONTAINER, "a container")
+        cname = c.dns_label(p + ("name",), cm.get("name"), "container name") if "name" in cm else None
+        if "name" not in cm:
+            c.fail(p, "a container needs a name", "add name: app")
+        if cname in cnames:
+            c.fail(p + ("name",), f"duplicate container name {cname!r}")
+        cnames.add(cname or "")
+        cmd = _str_list(c, p + ("command",), cm.get("command"))
+        args = _str_list(c, p + ("args",), cm.get("args"))
+        env: list[tuple[str, str]] = []
+        for j, e in enumerate(cm.get("env") or []):
+            em = c.mapping(p + ("env", j), e, _ENV, "an env var")
+            if isinstance(em.get("name"), str) and em["name"]:
+                env.append((em["name"], str(em.get("value", ""))))
+            else:
+                c.fail(p + ("env", j, "name"), "an env var needs a name")
+        ports: list[ContainerPort] = []
+        for j, pt in enumerate(cm.get("ports") or []):
+            pp = p + ("ports", j)
+            pm = c.mapping(pp, pt, _PORT, "a container port")
+            cp = c.integer(pp + ("containerPort",), pm.get("containerPort"), 1, 65535)
+            proto = pm.get("protocol", "TCP")
+            if proto not in ("TCP", "UDP", "SCTP"):
+                c.fail(pp + ("protocol",), f"unknown protocol {proto!r}", "use TCP, UDP or SCTP")
+            hp = c.integer(pp + ("hostPort",), pm["hostPort"], 1, 65535) if "hostPort" in pm else None
+            if cp:
+                if (cp, proto) in ports_seen:
+                    c.fail(pp + ("containerPort",), f"port {cp}/{proto} is declared twice in this pod")
+                ports_seen[(cp, proto)] = pp
+                ports.append(ContainerPort(cp, proto, pm.get("name"), hp))
+        if cname:
+            containers.append(ContainerSpec(cname, tuple(cmd), tuple(args), tuple(env), tuple(ports)))
+
+    if c.errors:
+        raise c.errors[0] if len(c.errors) == 1 else _errors(c.errors)
+    assert name and namespace
+    return PodSpec(namespace, name, node, labels, tuple(containers), restart, doc.where(()))
+
+
+def _str_list(c: _Checker, path: Path, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        c.fail(path, "must be a list of strings", "write it as a list: " + str(value.split()).replace("'", '"'))
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        c.fail(path, "must be a list of strings")
+        return []
+    return [str(v) for v in value]
