@@ -25,7 +25,7 @@ apt_deps() {
     PKGS="python3 python3-venv python3-pip iproute2 iptables nftables conntrack ipset tcpdump procps kmod iputils-ping
           ca-certificates"
     if [ "$1" = test ]; then
-        PKGS="$PKGS containernetworking-plugins etcd-server etcd-client iperf3 mininet graphviz vagrant
+        PKGS="$PKGS containernetworking-plugins etcd-server etcd-client iperf3 mininet bridge-utils net-tools graphviz vagrant
               qemu-system-x86 busybox-static ipvsadm cpio gzip"
     fi
     missing=""

@@ -147,3 +147,28 @@ async def serve(ns: str, hostname: str, tcp_ports: set[int], udp_ports: set[int]
         out.close()
         raise
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m netlab.netexec --netns NS`: the server on its own, e.g. in a node's namespace."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="netexec")
+    ap.add_argument("--netns", required=True)
+    ap.add_argument("--hostname", default=socket.gethostname())
+    ap.add_argument("--http-port", type=int, action="append", default=[])
+    ap.add_argument("--udp-port", type=int, action="append", default=[])
+    args = ap.parse_args(argv)
+
+    async def run() -> None:
+        servers = await serve(args.netns, args.hostname, set(args.http_port), set(args.udp_port))
+        try:
+            await asyncio.Event().wait()
+        finally:
+            servers.close()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
