@@ -1,0 +1,206 @@
+"""The overlay's one kernel adapter: observe a node's overlay state, apply a diff.
+
+Netlink through pyroute2 on a socket opened inside the node's namespace
+(netlab.netns.iproute: no fork per call). Every write is an upsert
+(replace), every delete of something already gone is success, as flannel's
+netlink.RouteReplace / NeighSet and ip.EnsureV4AddressOnLink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+from ipaddress import IPv4Network
+
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ndmsg import states as nud
+
+from netlab import netns
+
+from .netconf import NetConf
+from .plan import Address, Changes, FdbEntry, Neighbour, Route, State, VxlanDevice, owns_route
+
+log = logging.getLogger(__name__)
+
+MAIN_TABLE = 254
+RTPROT_BOOT = 3  # what netlink.RouteReplace leaves: `ip route` shows no "proto", as on a flannel node
+RTNH_F_ONLINK = 4
+NTF_SELF = 0x02
+_GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL)
+
+
+class Kernel:
+    """Observe/apply for one node namespace (None: the namespace this process is in)."""
+
+    def __init__(self, namespace: str | None = None) -> None:
+        self.namespace = namespace
+        self.ipr = netns.iproute(namespace)
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    def __enter__(self) -> "Kernel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- lookups ----------------------------------------------------------------
+
+    def index(self, ifname: str) -> int | None:
+        found = self.ipr.link_lookup(ifname=ifname)
+        return found[0] if found else None
+
+    def name(self, index: int) -> str | None:
+        try:
+            return self.ipr.get_links(index)[0].get("ifname")
+        except NetlinkError:
+            return None
+
+    def uplink(self, ifname: str) -> tuple[str, int] | None:
+        """The uplink's first IPv4 address as "ip/prefix", and its MTU."""
+        idx = self.index(ifname)
+        if idx is None:
+            return None
+        mtu = self.ipr.get_links(idx)[0].get("mtu")
+        for a in self.ipr.get_addr(family=socket.AF_INET, index=idx):
+            return f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}", mtu
+        return None
+
+    # -- observe ----------------------------------------------------------------
+
+    def observe(self, conf: NetConf, own_subnet: IPv4Network) -> State:
+        names = {l["index"]: l.get("ifname") for l in self.ipr.get_links()}
+        device = None
+        dev_idx = self.index(conf.backend.device) if conf.backend.type == "vxlan" else None
+        if conf.backend.type == "host-gw":
+            # A flannel.<VNI> left from an earlier vxlan run of this node is ours to remove.
+            dev_idx = self.index(f"flannel.{conf.backend.vni}")
+        addresses: set[Address] = set()
+        neighbours: set[Neighbour] = set()
+        fdb: set[FdbEntry] = set()
+        if dev_idx is not None:
+            device = self._device(dev_idx, names)
+            if device is not None:
+                for a in self.ipr.get_addr(family=socket.AF_INET, index=dev_idx):
+                    addresses.add(Address(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}", device.name))
+                for n in self.ipr.get_neighbours(family=socket.AF_INET, ifindex=dev_idx):
+                    if n["ifindex"] == dev_idx and n["state"] & nud["permanent"] and n.get("NDA_LLADDR"):
+                        neighbours.add(Neighbour(n.get("NDA_DST"), n.get("NDA_LLADDR").lower(), device.name))
+                for n in self.ipr.fdb("dump", ifindex=dev_idx):
+                    if n["ifindex"] == dev_idx and n.get("NDA_DST") and n.get("NDA_LLADDR"):
+                        fdb.add(FdbEntry(n.get("NDA_LLADDR").lower(), n.get("NDA_DST"), device.name))
+        routes: set[Route] = set()
+        for r in self.ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+            dst = r.get("RTA_DST")
+            if dst is None or r["type"] != 1:  # unicast only
+                continue
+            net = IPv4Network(f"{dst}/{r['dst_len']}")
+            if not owns_route(conf, own_subnet, net):
+                continue
+            routes.add(Route(
+                str(net), r.get("RTA_GATEWAY") or "", names.get(r.get("RTA_OIF"), ""),
+                onlink=bool(r["flags"] & RTNH_F_ONLINK),
+            ))
+        return State(device, frozenset(addresses), frozenset(routes), frozenset(neighbours), frozenset(fdb))
+
+    def _device(self, idx: int, names: dict[int, str]) -> VxlanDevice | None:
+        link = self.ipr.get_links(idx)[0]
+        info = link.get("IFLA_LINKINFO")
+        if info is None or info.get("IFLA_INFO_KIND") != "vxlan":
+            # Something else holds the name: treat it as an incompatible device to replace.
+            return VxlanDevice(link.get("ifname"), -1, "", 0, link.get("mtu"), "", "")
+        data = info.get("IFLA_INFO_DATA")
+        return VxlanDevice(
+            name=link.get("ifname"),
+            vni=data.get("IFLA_VXLAN_ID"),
+            local=data.get("IFLA_VXLAN_LOCAL") or "",
+            port=data.get("IFLA_VXLAN_PORT"),
+            mtu=link.get("mtu"),
+            mac=(link.get("IFLA_ADDRESS") or "").lower(),
+            underlay=names.get(data.get("IFLA_VXLAN_LINK"), ""),
+            learning=bool(data.get("IFLA_VXLAN_LEARNING")),
+            up=bool(link["flags"] & 1),
+        )
+
+    # -- apply ------------------------------------------------------------------
+
+    def apply(self, ch: Changes) -> None:
+        """Apply a diff: removals first (so a changed MAC or gateway is replaced), then additions.
+
+        Routes go last: the kernel must already have the neighbour for an
+        onlink gateway, as flannel's handleSubnetEvents orders it.
+        """
+        if ch.delete_device:
+            self._ignore_gone(lambda: self.ipr.link("del", index=self._idx(ch.delete_device)))
+        for r in ch.del_routes:
+            self._ignore_gone(lambda r=r: self.ipr.route("del", **self._route_args(r)))
+        for n in ch.del_neighbours:
+            self._ignore_gone(lambda n=n: self.ipr.neigh("del", dst=n.ip, ifindex=self._idx(n.dev)))
+        for f in ch.del_fdb:
+            self._ignore_gone(lambda f=f: self.ipr.fdb(
+                "del", ifindex=self._idx(f.dev), lladdr=f.mac, dst=f.dst, state=nud["permanent"], flags=NTF_SELF))
+        for a in ch.del_addresses:
+            ip, plen = a.cidr.split("/")
+            self._ignore_gone(lambda a=a, ip=ip, plen=plen: self.ipr.addr(
+                "del", index=self._idx(a.dev), address=ip, prefixlen=int(plen)))
+        if ch.create_device:
+            self._create(ch.create_device)
+        if ch.set_device:
+            d = ch.set_device
+            idx = self._idx(d.name)
+            self.ipr.link("set", index=idx, mtu=d.mtu, address=d.mac)
+            self.ipr.link("set", index=idx, state="up")
+        for a in ch.add_addresses:
+            ip, plen = a.cidr.split("/")
+            self.ipr.addr("replace", index=self._idx(a.dev), address=ip, prefixlen=int(plen))
+        for n in ch.add_neighbours:
+            self.ipr.neigh("replace", dst=n.ip, lladdr=n.mac, ifindex=self._idx(n.dev), state=nud["permanent"])
+        for f in ch.add_fdb:
+            self.ipr.fdb("replace", ifindex=self._idx(f.dev), lladdr=f.mac, dst=f.dst,
+                         state=nud["permanent"], flags=NTF_SELF)
+        for r in ch.add_routes:
+            self.ipr.route("replace", **self._route_args(r))
+
+    def _create(self, d: VxlanDevice) -> None:
+        link = self._idx(d.underlay)
+        try:
+            self.ipr.link(
+                "add", ifname=d.name, kind="vxlan", vxlan_id=d.vni, vxlan_local=d.local, vxlan_port=d.port,
+                vxlan_learning=int(d.learning), vxlan_link=link, mtu=d.mtu, address=d.mac,
+            )
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+            # Made meanwhile (a diff applied twice): the diff found it compatible, so fix it in place.
+            self.ipr.link("set", index=self._idx(d.name), mtu=d.mtu, address=d.mac)
+        # flannel's device.go: no router advertisements on the VTEP.
+        try:
+            with netns.entered(self.namespace) if self.namespace else contextlib.nullcontext():
+                with open(f"/proc/sys/net/ipv6/conf/{d.name}/accept_ra", "w") as f:
+                    f.write("0")
+        except OSError:
+            pass
+        self.ipr.link("set", index=self._idx(d.name), state="up")
+
+    def _route_args(self, r: Route) -> dict:
+        args = dict(dst=r.dst, gateway=r.gateway, oif=self._idx(r.dev), table=MAIN_TABLE, proto=RTPROT_BOOT)
+        if r.onlink:
+            args["flags"] = RTNH_F_ONLINK
+        return args
+
+    def _idx(self, ifname: str) -> int:
+        idx = self.index(ifname)
+        if idx is None:
+            raise NetlinkError(errno.ENODEV, f"no device {ifname}")
+        return idx
+
+    @staticmethod
+    def _ignore_gone(fn) -> None:
+        try:
+            fn()
+        except NetlinkError as e:
+            if e.code not in _GONE:
+                raise
