@@ -189,7 +189,10 @@ def service_ports(svc: Mapping[str, Any]) -> list[ServicePort]:
                 )
                 and spec.get("externalTrafficPolicy") == "Local",
                 internal_policy_local=spec.get("internalTrafficPolicy") == "Local",
-                health_check_node_port=int(spec.get("healthCheckNodePort") or 0),
+                # apiservice.NeedsHealthCheck: only LoadBalancers with externalTrafficPolicy Local.
+                health_check_node_port=int(spec.get("healthCheckNodePort") or 0)
+                if typ == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local"
+                else 0,
             )
         )
     return out
