@@ -1,0 +1,43 @@
+"""CNI error objects, as the spec defines them (SPEC.md "Error").
+
+A plugin that fails prints ``{"cniVersion", "code", "msg", "details"}`` on
+stdout and exits 1; the codes are the spec's well-known ones, so a runtime
+can tell "try again" from "your config is broken".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Well-known error codes (CNI SPEC.md, "Error").
+INCOMPATIBLE_VERSION = 1
+UNSUPPORTED_FIELD = 2
+UNKNOWN_CONTAINER = 3
+INVALID_ENV = 4
+IO_FAILURE = 5
+DECODE_FAILURE = 6
+INVALID_CONFIG = 7
+TRY_AGAIN = 11
+NOT_AVAILABLE = 50
+LIMITED_CONNECTIVITY = 51
+# Plugin-specific codes start above 99; 999 is what libcni's skel uses for
+# a plain Go error that carries no code ("internal error").
+INTERNAL = 999
+
+
+@dataclass
+class CNIError(Exception):
+    """An error to hand back to the runtime as the spec's JSON object."""
+
+    code: int
+    msg: str
+    details: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.msg}: {self.details}" if self.details else self.msg
+
+    def to_json(self, cni_version: str) -> dict:
+        out: dict = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
+        if self.details:
+            out["details"] = self.details
+        return out

@@ -1,0 +1,43 @@
+"""Acting in the namespace the plugin "runs in" (the node's), whoever calls it.
+
+An exec'd plugin already lives in the node's namespace; the in-process API
+is called from the lab process in the host's root namespace and is handed
+the node's namespace instead. Everything that is not netlink (sysctls,
+iptables) goes through here, so neither path can touch the caller's
+namespace by accident.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from cni import skel
+from netlab import netns
+
+
+def _rel(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+def ensure_sysctl(args: skel.Args, key: str, value: str = "1") -> None:
+    """As the reference's ip.EnableIP4Forward (echo1): write only if it differs."""
+
+    def do() -> None:
+        with open(_rel(key), "r+") as f:
+            if f.read().strip() != value:
+                f.seek(0)
+                f.write(value)
+
+    if args.host_netns is None:
+        do()
+    else:
+        with netns.entered(args.host_netns):
+            do()
+
+
+def run(args: skel.Args, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess:
+    """Run a command (iptables-restore, iptables-save) in the plugin's namespace."""
+    kw = dict(input=input, capture_output=True, text=True)
+    if args.host_netns is None:
+        return subprocess.run(argv, **kw)
+    return netns.run_in(args.host_netns, argv, **kw)

@@ -1,0 +1,353 @@
+"""The bridge plugin: a Linux bridge in the node, a veth pair per pod.
+
+Follows the reference plugins/main/bridge step by step: ensureBridge,
+IPAM (delegated, as ipam.ExecAdd), setupVeth, ipam.ConfigureIface inside
+the pod, then the gateway address on the bridge, forwarding and ipMasq.
+Differences, all invisible in the result and in `ip`/`bridge` output:
+
+- the veth pair is created in one RTM_NEWLINK from the node side, with the
+  peer born inside the pod namespace, already up and enslaved, instead of
+  being created in the pod and moved;
+- MACs are chosen here (random, locally administered, as the kernel's
+  eth_random_addr) so no read-back is needed for the result;
+- IPAM runs before the veth exists, and a failed ADD undoes both the veth
+  and the reservation (the reference releases only the reservation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass, field
+
+from cni import hostns, iptables, nscache, podns, skel
+from cni.errors import CNIError, INTERNAL, INVALID_CONFIG, INVALID_ENV
+from cni.netlink import NetlinkError, RtNetlink, mac_str, random_mac
+
+DEFAULT_BRIDGE = "cni0"
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    bridge: str = DEFAULT_BRIDGE
+    is_gateway: bool = False
+    is_default_gateway: bool = False
+    force_address: bool = False
+    ip_masq: bool = False
+    mtu: int = 0
+    hairpin: bool = False
+    promisc: bool = False
+    ipam_type: str = ""
+    dns: dict = field(default_factory=dict)
+
+
+def _bool(conf: dict, key: str) -> bool:
+    v = conf.get(key, False)
+    if not isinstance(v, bool):
+        raise CNIError(INVALID_CONFIG, f"{key} must be a boolean", repr(v))
+    return v
+
+
+def parse_config(conf: dict) -> Config:
+    """Pure: the bridge options, validated as loadNetConf does (plus type checks)."""
+    br = conf.get("bridge", DEFAULT_BRIDGE) or DEFAULT_BRIDGE
+    if not isinstance(br, str):
+        raise CNIError(INVALID_CONFIG, "bridge must be a string")
+    skel.validate_ifname(br) if br else None
+    mtu = conf.get("mtu", 0) or 0
+    if not isinstance(mtu, int) or isinstance(mtu, bool) or not (0 <= mtu <= 65535) or (mtu and mtu < 68):
+        raise CNIError(INVALID_CONFIG, "invalid mtu", repr(mtu))
+    ipam = conf.get("ipam") or {}
+    if not isinstance(ipam, dict):
+        raise CNIError(INVALID_CONFIG, "ipam must be an object")
+    ipam_type = ipam.get("type", "") or ""
+    if not isinstance(ipam_type, str):
+        raise CNIError(INVALID_CONFIG, "ipam type must be a string")
+    dns = conf.get("dns") or {}
+    if not isinstance(dns, dict):
+        raise CNIError(INVALID_CONFIG, "dns must be an object")
+    c = Config(
+        name=conf["name"],
+        bridge=br,
+        is_gateway=_bool(conf, "isGateway"),
+        is_default_gateway=_bool(conf, "isDefaultGateway"),
+        force_address=_bool(conf, "forceAddress"),
+        ip_masq=_bool(conf, "ipMasq"),
+        mtu=mtu,
+        hairpin=_bool(conf, "hairpinMode"),
+        promisc=_bool(conf, "promiscMode"),
+        ipam_type=ipam_type,
+        dns=dns,
+    )
+    if c.hairpin and c.promisc:
+        raise CNIError(INVALID_CONFIG, "cannot set hairpin mode and promiscuous mode at the same time.")
+    if c.is_default_gateway and not c.is_gateway:
+        # As loadNetConf: a default gateway is a gateway.
+        c = Config(**{**c.__dict__, "is_gateway": True})
+    return c
+
+
+def plan_gateways(cfg: Config, ipam: dict) -> tuple[list[dict], list[dict], list[tuple[str, int]]]:
+    """Pure: calcGateways. Returns (ips, routes, bridge gateway addresses as (ip, prefixlen))."""
+    ips = [dict(ip, interface=2) for ip in ipam.get("ips", [])]
+    routes = [dict(r) for r in ipam.get("routes", [])]
+    gws: list[tuple[str, int]] = []
+    default_found = {4: False, 6: False}
+    for ip in ips:
+        iface = ipaddress.ip_interface(ip["address"])
+        fam = iface.version
+        if not ip.get("gateway") and cfg.is_gateway:
+            ip["gateway"] = str(iface.network.network_address + 1)
+        if cfg.is_default_gateway and not default_found[fam]:
+            zero = "0.0.0.0/0" if fam == 4 else "::/0"
+            for r in routes:
+                if r.get("gw") and ipaddress.ip_network(r["dst"], strict=False) == ipaddress.ip_network(zero):
+                    default_found[fam] = True
+                    break
+            if not default_found[fam]:
+                routes.append({"dst": zero, "gw": ip.get("gateway")})
+                default_found[fam] = True
+        if cfg.is_gateway and ip.get("gateway"):
+            g = (ip["gateway"], iface.network.prefixlen)
+            if g not in gws:
+                gws.append(g)
+    return ips, routes, gws
+
+
+@contextlib.contextmanager
+def _pod(netns_path: str):
+    """The pod namespace: an fd for IFLA_NET_NS_FD and a netlink socket inside it."""
+    try:
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CNIError(INVALID_ENV, f'failed to open netns "{netns_path}"', e.strerror or str(e)) from None
+    try:
+        nl = podns.open_netlink(netns_path)
+        try:
+            yield fd, nl
+        finally:
+            nl.close()
+    finally:
+        os.close(fd)
+
+
+def ensure_bridge(nl: RtNetlink, cfg: Config):
+    """As ensureBridge: reuse a bridge of that name, create it otherwise (upsert)."""
+    br = nl.get_link(cfg.bridge)
+    if br is None:
+        try:
+            nl.add_bridge(cfg.bridge, mtu=cfg.mtu, mac=random_mac(), up=True, promisc=cfg.promisc)
+        except NetlinkError as e:
+            if e.errno != 17:  # EEXIST: another ADD made it first
+                raise CNIError(INTERNAL, f'could not add "{cfg.bridge}"', str(e)) from None
+        br = nl.get_link(cfg.bridge)
+        if br is None:
+            raise CNIError(INTERNAL, f'could not lookup "{cfg.bridge}"')
+    if br.kind != "bridge":
+        raise CNIError(INTERNAL, f'"{cfg.bridge}" already exists but is not a bridge')
+    if not br.up or (cfg.promisc and not br.promisc):
+        nl.set_link(br.index, up=True, promisc=True if cfg.promisc else None)
+    return br
+
+
+def ensure_addr(nl: RtNetlink, br, gw: str, prefixlen: int, force: bool) -> None:
+    """As ensureAddr: the gateway address on the bridge; another one in the way is an error unless forceAddress."""
+    want = ipaddress.ip_interface(f"{gw}/{prefixlen}")
+    fam = socket.AF_INET if want.version == 4 else socket.AF_INET6
+    for a in nl.addrs(br.index, fam):
+        have = ipaddress.ip_interface(a.cidr)
+        if have == want:
+            return
+        if want.version == 4 or want.ip in have.network or have.ip in want.network:
+            if force:
+                nl.del_addr(br.index, a.address, a.prefixlen)
+            else:
+                raise CNIError(INTERNAL, f'"{br.name}" already has an IP address different from {want}')
+    try:
+        nl.add_addr(br.index, gw, prefixlen)
+    except NetlinkError as e:
+        if e.errno != 17:
+            raise CNIError(INTERNAL, f"could not add IP address to {br.name}", str(e)) from None
+    # "Set the bridge's MAC to itself", so it stops following its lowest-numbered port.
+    nl.set_link(br.index, mac=bytes(int(x, 16) for x in br.mac.split(":")))
+
+
+def _veth(host: RtNetlink, pod: RtNetlink, pod_fd: int, cfg: Config, br, ifname: str) -> tuple[str, bytes, bytes]:
+    """As setupVeth: a "veth" + 8 hex name on the node, `ifname` in the pod; retried on a name clash."""
+    for _ in range(10):
+        name = "veth" + os.urandom(4).hex()
+        hmac, pmac = random_mac(), random_mac()
+        try:
+            host.add_veth(name, ifname, peer_netns_fd=pod_fd, mtu=cfg.mtu, mac=hmac, peer_mac=pmac, master=br.index)
+            return name, hmac, pmac
+        except NetlinkError as e:
+            if e.errno != 17:
+                raise CNIError(INTERNAL, "failed to setup veth", str(e)) from None
+            if pod.get_link(ifname) is not None:
+                raise CNIError(INTERNAL, f"container veth name provided ({ifname}) already exists")
+    raise CNIError(INTERNAL, "failed to find a free veth name")
+
+
+def configure_iface(pod: RtNetlink, ifname: str, ips: list[dict], routes: list[dict]) -> None:
+    """As ipam.ConfigureIface: addresses, then routes defaulting to the family's gateway."""
+    link = pod.get_link(ifname)
+    if link is None:
+        raise CNIError(INTERNAL, f"failed to lookup {ifname}")
+    if not link.up:
+        pod.set_link(link.index, up=True)
+    gw: dict[int, str | None] = {4: None, 6: None}
+    for ip in ips:
+        if ip.get("interface") != 2:
+            continue
+        iface = ipaddress.ip_interface(ip["address"])
+        try:
+            pod.add_addr(link.index, str(iface.ip), iface.network.prefixlen)
+        except NetlinkError as e:
+            raise CNIError(INTERNAL, f"failed to add IP addr {iface} to {ifname}", str(e)) from None
+        if ip.get("gateway") and gw[iface.version] is None:
+            gw[iface.version] = ip["gateway"]
+    for r in routes:
+        dst = ipaddress.ip_network(r["dst"], strict=False)
+        via = r.get("gw") or gw[dst.version]
+        try:
+            pod.add_route(str(dst), gw=via, oif=link.index, scope=0)
+        except NetlinkError as e:
+            raise CNIError(INTERNAL, f"failed to add route '{dst} via {via} dev {ifname}'", str(e)) from None
+
+
+def add(conf: dict, args: skel.Args) -> dict:
+    from cni import invoke
+
+    cfg = parse_config(conf)
+    with _pod(args.netns) as (pod_fd, pod):
+        host = nscache.netlink(args.host_netns)
+        br = ensure_bridge(host, cfg)
+        ipam: dict = {}
+        if cfg.ipam_type:
+            ipam = invoke.delegate("ADD", conf, args, cfg.ipam_type) or {}
+        undo_ipam = bool(cfg.ipam_type)
+        veth = None
+        try:
+            if cfg.ipam_type and not ipam.get("ips"):
+                raise CNIError(INTERNAL, "IPAM plugin returned missing IP config")
+            veth, hmac, pmac = _veth(host, pod, pod_fd, cfg, br, args.ifname)
+            if cfg.hairpin:
+                hl = host.get_link(veth)
+                if hl is None:
+                    raise CNIError(INTERNAL, f"failed to lookup {veth}")
+                host.set_hairpin(hl.index, True)
+            ips, routes, gws = plan_gateways(cfg, ipam)
+            configure_iface(pod, args.ifname, ips, routes)
+            for gw, plen in gws:
+                ensure_addr(host, br, gw, plen, cfg.force_address)
+            if gws:
+                if any(":" not in g for g, _ in gws):
+                    hostns.ensure_sysctl(args, "net.ipv4.ip_forward")
+                if any(":" in g for g, _ in gws):
+                    hostns.ensure_sysctl(args, "net.ipv6.conf.all.forwarding")
+            if cfg.ip_masq and ips:
+                pairs = [(str(ipaddress.ip_interface(i["address"]).network), str(ipaddress.ip_interface(i["address"]).ip)) for i in ips]
+                iptables.setup_masq(args, pairs, cfg.name)
+        except BaseException:
+            if veth is not None:
+                with contextlib.suppress(Exception):
+                    l = host.get_link(veth)
+                    if l is not None:
+                        host.del_link(l.index)
+            if undo_ipam:
+                with contextlib.suppress(Exception):
+                    invoke.delegate("DEL", conf, args, cfg.ipam_type)
+            raise
+    result: dict = {
+        "interfaces": [
+            {"name": br.name, "mac": br.mac},
+            {"name": veth, "mac": mac_str(hmac)},
+            {"name": args.ifname, "mac": mac_str(pmac), "sandbox": args.netns},
+        ],
+    }
+    if cfg.ipam_type:
+        result["ips"] = ips
+        result["routes"] = routes
+    result["dns"] = cfg.dns
+    return result
+
+
+def delete(conf: dict, args: skel.Args) -> None:
+    from cni import invoke
+
+    cfg = parse_config(conf)
+    if cfg.ipam_type:
+        invoke.delegate("DEL", conf, args, cfg.ipam_type)
+    pod = podns.try_open(args.netns)
+    if pod is None:
+        return  # no namespace (any more), and no veth with it: nothing left to do
+    try:
+        link = pod.get_link(args.ifname)
+        if link is None:
+            return
+        addrs = [a for a in pod.addrs(link.index)]
+        pod.del_link(link.index)
+    finally:
+        pod.close()
+    if cfg.ipam_type and cfg.ip_masq and addrs:
+        iptables.teardown_chain(args, "nat", iptables.chain_name(cfg.name, args.container_id))
+
+
+def check(conf: dict, args: skel.Args) -> None:
+    """As cmdCheck: the bridge, the pod interface, its addresses and routes match prevResult."""
+    from cni import invoke
+
+    cfg = parse_config(conf)
+    prev = skel.prev_result(conf) or {}
+    if cfg.ipam_type:
+        invoke.delegate("CHECK", conf, args, cfg.ipam_type)
+    host = nscache.netlink(args.host_netns)
+    br = host.get_link(cfg.bridge)
+    if br is None or br.kind != "bridge":
+        raise CNIError(INTERNAL, f'bridge "{cfg.bridge}" not found')
+    ifaces = prev.get("interfaces") or []
+    cont = next((i for i in ifaces if i.get("sandbox") and i.get("name") == args.ifname), None)
+    if cont is None:
+        raise CNIError(INTERNAL, f"Sandbox interface {args.ifname} not found in prevResult")
+    with _pod(args.netns) as (_fd, pod):
+        link = pod.get_link(args.ifname)
+        if link is None:
+            raise CNIError(INTERNAL, f"Container interface {args.ifname} not found")
+        if cont.get("mac") and cont["mac"] != link.mac:
+            raise CNIError(INTERNAL, f"Interface {args.ifname} Mac {cont['mac']} doesn't match container Mac: {link.mac}")
+        have = {a.cidr for a in pod.addrs(link.index)}
+        for ip in prev.get("ips") or []:
+            if ip["address"] not in have:
+                raise CNIError(INTERNAL, f"Failed to match addr {ip['address']} on interface {args.ifname}")
+        rts = {(r.dst, r.gw) for fam in (socket.AF_INET, socket.AF_INET6) for r in pod.routes(fam) if r.oif == link.index}
+        for r in prev.get("routes") or []:
+            dst = str(ipaddress.ip_network(r["dst"], strict=False))
+            if not any(d == dst for d, _ in rts):
+                raise CNIError(INTERNAL, f"Failed to match route {dst} on interface {args.ifname}")
+        peer = link.peer_index
+    host_if = next((i for i in ifaces if not i.get("sandbox") and i.get("name") != cfg.bridge), None)
+    if host_if is not None:
+        hl = host.get_link(host_if["name"])
+        if hl is None or hl.master != br.index:
+            raise CNIError(INTERNAL, f"veth {host_if['name']} is not attached to {cfg.bridge}")
+        if peer and hl.index != peer:
+            raise CNIError(INTERNAL, f"veth {host_if['name']} is not the peer of {args.ifname}")
+
+
+def gc(conf: dict, args: skel.Args) -> None:
+    from cni import invoke
+
+    cfg = parse_config(conf)
+    if cfg.ipam_type:
+        invoke.delegate("GC", conf, args, cfg.ipam_type)
+
+
+def status(conf: dict, args: skel.Args) -> None:
+    from cni import invoke
+
+    cfg = parse_config(conf)
+    if cfg.ipam_type:
+        invoke.delegate("STATUS", conf, args, cfg.ipam_type)

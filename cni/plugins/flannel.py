@@ -1,0 +1,173 @@
+"""The flannel plugin: read subnet.env, delegate to bridge + host-local.
+
+As flannel-io/cni-plugin (flannel_linux.go): the delegate config is the
+user's "delegate" object completed with name, cniVersion, ipMasq = not
+FLANNEL_IPMASQ (flanneld masquerades itself when that is true), mtu =
+FLANNEL_MTU, isGateway true for bridge, and an "ipam" of host-local with a
+range of the node's subnet and a route to the whole flannel Network. The
+delegate config is saved under dataDir/<containerID> so DEL can replay it
+after subnet.env has changed or gone.
+
+netlab addition: when the flannel config names its own dataDir and the
+IPAM section names none, host-local's dataDir becomes the sibling
+``<dirname(dataDir)>/networks`` -- on a real node both are defaults
+(/var/lib/cni/flannel and /var/lib/cni/networks); in a lab each node has
+its own /var/lib/cni, so both move together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+
+from cni import invoke, skel, subnet_env
+from cni.errors import CNIError, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE, TRY_AGAIN
+
+DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
+DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
+REQUIRED = ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
+_KEYS = {"FLANNEL_NETWORK": "network", "FLANNEL_SUBNET": "subnet", "FLANNEL_MTU": "mtu", "FLANNEL_IPMASQ": "ipmasq"}
+
+
+def _str_opt(conf: dict, key: str, default: str) -> str:
+    v = conf.get(key) or default
+    if not isinstance(v, str):
+        raise CNIError(INVALID_CONFIG, f"{key} must be a string")
+    return v
+
+
+def load_env(path: str) -> dict:
+    """subnet.env, or error 11: flanneld has not written it yet (try again later)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise CNIError(
+            TRY_AGAIN,
+            f"failed to load flannel 'subnet.env' file: open {path}: no such file or directory",
+            "Check the flannel pod log for this node.",
+        ) from None
+    except OSError as e:
+        raise CNIError(IO_FAILURE, f"failed to load flannel 'subnet.env' file {path}", str(e)) from None
+    try:
+        env = subnet_env.parse(text)
+    except ValueError as e:
+        raise CNIError(INVALID_CONFIG, f"{path}: {e}") from None
+    missing = [k for k in REQUIRED if _KEYS[k] not in env]
+    if missing:
+        raise CNIError(TRY_AGAIN, f"{path} is missing {', '.join(missing)}")
+    return env
+
+
+def build_delegate(conf: dict, env: dict) -> dict:
+    """Pure: the delegate config flannel hands to bridge (flannel's cmdAdd + getDelegateIPAM)."""
+    d = conf.get("delegate") or {}
+    if not isinstance(d, dict):
+        raise CNIError(INVALID_CONFIG, "delegate must be an object")
+    d = copy.deepcopy(d)
+    d["name"] = conf["name"]
+    d.setdefault("type", "bridge")
+    d.setdefault("ipMasq", not env["ipmasq"])
+    d.setdefault("mtu", env["mtu"])
+    if d["type"] in ("bridge", "netlab-bridge"):
+        d.setdefault("isGateway", True)
+    if conf.get("cniVersion"):
+        d["cniVersion"] = conf["cniVersion"]
+    ipam = conf.get("ipam") or {}
+    if not isinstance(ipam, dict):
+        raise CNIError(INVALID_CONFIG, "ipam must be an object")
+    ipam = copy.deepcopy(ipam)
+    ipam.setdefault("type", "host-local")
+    ranges = [[{"subnet": env["subnet"]}]]
+    if env.get("subnet6"):
+        ranges.append([{"subnet": env["subnet6"]}])
+    ipam["ranges"] = ranges
+    routes = list(ipam.get("routes") or [])
+    routes.append({"dst": env["network"]})
+    if env.get("network6"):
+        routes.append({"dst": env["network6"]})
+    ipam["routes"] = routes
+    if conf.get("dataDir") and "dataDir" not in ipam:
+        ipam["dataDir"] = os.path.join(os.path.dirname(os.path.normpath(conf["dataDir"])), "networks")
+    d["ipam"] = ipam
+    if "runtimeConfig" in conf:
+        d["runtimeConfig"] = conf["runtimeConfig"]
+    return d
+
+
+def _scratch(conf: dict, container_id: str) -> str:
+    return os.path.join(_str_opt(conf, "dataDir", DEFAULT_DATA_DIR), container_id)
+
+
+def add(conf: dict, args: skel.Args) -> dict:
+    env = load_env(_str_opt(conf, "subnetFile", DEFAULT_SUBNET_FILE))
+    d = build_delegate(conf, env)
+    path = _scratch(conf, args.container_id)
+    os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(d, f)
+    try:
+        result = invoke.delegate("ADD", d, args)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    return result or {}
+
+
+def _saved(conf: dict, args: skel.Args) -> tuple[str, dict | None]:
+    path = _scratch(conf, args.container_id)
+    try:
+        with open(path) as f:
+            return path, json.load(f)
+    except FileNotFoundError:
+        return path, None
+    except (OSError, ValueError) as e:
+        raise CNIError(IO_FAILURE, f"failed to read {path}", str(e)) from None
+
+
+def delete(conf: dict, args: skel.Args) -> None:
+    path, d = _saved(conf, args)
+    if d is None:
+        return  # already cleaned up
+    invoke.delegate("DEL", d, args)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def check(conf: dict, args: skel.Args) -> None:
+    path, d = _saved(conf, args)
+    if d is None:
+        raise CNIError(IO_FAILURE, f"failed to read {path}", "no such file or directory")
+    d = dict(d, prevResult=conf["prevResult"], cniVersion=conf["cniVersion"])
+    invoke.delegate("CHECK", d, args)
+
+
+def gc(conf: dict, args: skel.Args) -> None:
+    """GC: drop scratch files of dead attachments, then GC the delegate (its host-local)."""
+    valid = conf.get("cni.dev/valid-attachments") or []
+    keep = {a.get("containerID") for a in valid if isinstance(a, dict)}
+    data_dir = _str_opt(conf, "dataDir", DEFAULT_DATA_DIR)
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(data_dir):
+            if name not in keep:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(data_dir, name))
+    try:
+        env = load_env(_str_opt(conf, "subnetFile", DEFAULT_SUBNET_FILE))
+    except CNIError:
+        return
+    d = build_delegate(conf, env)
+    d["cni.dev/valid-attachments"] = valid
+    invoke.delegate("GC", d, args)
+
+
+def status(conf: dict, args: skel.Args) -> None:
+    """STATUS: not ready (50) until flanneld has written subnet.env."""
+    try:
+        load_env(_str_opt(conf, "subnetFile", DEFAULT_SUBNET_FILE))
+    except CNIError as e:
+        raise CNIError(NOT_AVAILABLE, "plugin not available", str(e)) from None

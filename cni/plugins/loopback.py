@@ -1,0 +1,53 @@
+"""The loopback plugin: bring `lo` up in the pod, as plugins/main/loopback."""
+
+from __future__ import annotations
+
+import socket
+
+from cni import skel
+from cni.errors import CNIError, INTERNAL
+from cni.podns import open_netlink as _open, try_open
+
+
+def add(conf: dict, args: skel.Args) -> dict:
+    nl = _open(args.netns)
+    try:
+        lo = nl.get_link("lo")
+        if lo is None:
+            raise CNIError(INTERNAL, "failed to lookup lo")
+        nl.set_link(lo.index, up=True)
+        addrs = nl.addrs(lo.index)
+    finally:
+        nl.close()
+    prev = skel.prev_result(conf)
+    if prev is not None:
+        return prev  # loopback passes a prevResult through
+    v4 = [a for a in addrs if a.family == socket.AF_INET]
+    v6 = [a for a in addrs if a.family == socket.AF_INET6]
+    ips = [{"interface": 0, "address": a.cidr} for a in v4[:1] + v6[:1]]
+    out: dict = {"interfaces": [{"name": args.ifname, "mac": "00:00:00:00:00:00", "sandbox": args.netns}]}
+    if ips:
+        out["ips"] = ips
+    return out
+
+
+def delete(conf: dict, args: skel.Args) -> None:
+    nl = try_open(args.netns)
+    if nl is None:
+        return
+    try:
+        lo = nl.get_link("lo")
+        if lo is not None:
+            nl.set_link(lo.index, up=False)
+    finally:
+        nl.close()
+
+
+def check(conf: dict, args: skel.Args) -> None:
+    nl = _open(args.netns)
+    try:
+        lo = nl.get_link("lo")
+        if lo is None or not lo.up:
+            raise CNIError(INTERNAL, "loopback interface is down")
+    finally:
+        nl.close()
