@@ -135,8 +135,8 @@ def to_version(result: dict, version: str) -> dict:
     out: dict = {"cniVersion": version}
     old = vtuple(version) < (1, 0, 0)
     for key in ("interfaces", "ips", "routes", "dns"):
-        if key not in result:
-            continue
+        if key not in result or (key != "dns" and not result[key]):
+            continue  # Go's omitempty on the lists; "dns" is a struct, always printed
         if key == "ips" and old:
             ips = []
             for ip in result["ips"]:

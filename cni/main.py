@@ -1,0 +1,83 @@
+"""The executables' entry point: CNI_* environment and stdin in, JSON out.
+
+As libcni's skel.PluginMainFuncs: the required variables per verb, the
+config decoded from stdin, an error object on stdout with exit code 1.
+Imports stay minimal (stdlib only, no click/rich/scapy/pyroute2): a
+runtime pays this process start-up on every pod.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+# Variables a runtime must set, per verb (skel's checkCmdArgs table).
+_REQUIRED = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
+    "GC": ("CNI_PATH",),
+    "STATUS": ("CNI_PATH",),
+    "VERSION": (),
+}
+
+
+def _version_of(raw: bytes) -> str:
+    from cni import skel
+
+    try:
+        v = json.loads(raw).get("cniVersion")
+        if v in skel.SUPPORTED_VERSIONS:
+            return v
+    except Exception:
+        pass
+    return skel.LATEST
+
+
+def execute(plugin: str, environ: dict, stdin: bytes) -> tuple[int, str]:
+    """One plugin call as a runtime makes it; returns (exit code, stdout text)."""
+    from cni import registry, skel
+    from cni.errors import CNIError, DECODE_FAILURE, INTERNAL, INVALID_ENV
+
+    version = _version_of(stdin)
+    try:
+        cmd = environ.get("CNI_COMMAND", "")
+        if not cmd:
+            raise CNIError(INVALID_ENV, "required env variables [CNI_COMMAND] missing")
+        if cmd not in _REQUIRED:
+            raise CNIError(INVALID_ENV, f"unknown CNI_COMMAND: {cmd}")
+        missing = [k for k in _REQUIRED[cmd] if k not in environ or (k != "CNI_PATH" and not environ[k])]
+        if missing:
+            raise CNIError(INVALID_ENV, f"required env variables [{','.join(missing)}] missing")
+        if cmd == "VERSION":
+            return 0, json.dumps(skel.version_info())
+        try:
+            conf = json.loads(stdin)
+        except ValueError as e:
+            raise CNIError(DECODE_FAILURE, "error unmarshaling network config", str(e)) from None
+        if not isinstance(conf, dict):
+            raise CNIError(DECODE_FAILURE, "error unmarshaling network config", "not a JSON object")
+        args = skel.Args(
+            command=cmd,
+            container_id=environ.get("CNI_CONTAINERID", ""),
+            netns=environ.get("CNI_NETNS", ""),
+            ifname=environ.get("CNI_IFNAME", ""),
+            args=environ.get("CNI_ARGS", ""),
+            path=[p for p in environ.get("CNI_PATH", "").split(os.pathsep) if p],
+            exec_mode=True,
+        )
+        out = skel.run(registry.load(plugin), conf, args)
+        return 0, json.dumps(out) if out is not None else ""
+    except CNIError as e:
+        return 1, json.dumps(e.to_json(version))
+    except Exception as e:  # a bug or an unexpected kernel answer: still the spec's error object
+        return 1, json.dumps(CNIError(INTERNAL, f"{type(e).__name__}: {e}").to_json(version))
+
+
+def run(plugin: str) -> int:
+    code, out = execute(plugin, dict(os.environ), sys.stdin.buffer.read())
+    if out:
+        sys.stdout.write(out + "\n")
+        sys.stdout.flush()
+    return code
