@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from netlab.errors import NetlabError
 from proxy.model import ProxyState, ServicePortName
 
 
-class SyncError(Exception):
+class SyncError(NetlabError):
     """The kernel refused a sync (e.g. iptables-restore failed).
 
     The loop keeps its previous state as "last applied", counts the error,
