@@ -1,0 +1,83 @@
+"""Run the IPVS test subset inside a stock-kernel QEMU guest and report back.
+
+This machine's kernel has no IPVS and no dummy links (no loadable modules);
+Debian's stock kernel has both. `stockvm.sh` boots that kernel with the
+host's / shared read-only and the repo read-write at the same path, so the
+repo's venv and code run unchanged inside. The inner pytest runs with
+NETLAB_REQUIRE_IPVS=1 (a missing IPVS fails, never skips) and
+NETLAB_IN_VM=1, and writes no bytecode into the shared repo.
+
+    python -m tests.vm.runner [pytest args...]      # default: the IPVS subset
+
+Exit status is the inner pytest's (124: the VM timed out).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STOCKVM = Path(__file__).with_name("stockvm.sh")
+# Focused: Python is ~20x slower in the guest (TCG), a few minutes at most.
+IPVS_SUBSET = ["tests/integration/test_proxy_ipvs.py"]
+
+
+@dataclass
+class VmRun:
+    returncode: int
+    output: str
+
+
+def unavailable_reason() -> str | None:
+    """Why the guest cannot boot here (None: it can)."""
+    if not shutil.which("qemu-system-x86_64") and not shutil.which("apt-get"):
+        return "qemu-system-x86_64 is not installed and apt-get is not available to install it"
+    if os.geteuid() != 0:
+        return "the VM set-up needs root (apt-get, /var/cache/netlab-vm)"
+    return None
+
+
+def setup(timeout: float = 900) -> VmRun:
+    p = subprocess.run(["bash", str(STOCKVM), "setup"], capture_output=True, text=True, timeout=timeout)
+    return VmRun(p.returncode, p.stdout + p.stderr)
+
+
+def run(pytest_args: list[str] | None = None, timeout: int = 900) -> VmRun:
+    """Boot the guest, run pytest on `pytest_args` in the repo, return its status and output."""
+    args = pytest_args or IPVS_SUBSET
+    inner = (
+        "export NETLAB_IN_VM=1 NETLAB_REQUIRE_IPVS=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1; "
+        "ip link set lo up; modprobe br_netfilter; "
+        f"exec {shlex.quote(sys.executable)} -m pytest -p no:cacheprovider --color=no -q -rfEs "
+        + " ".join(shlex.quote(a) for a in args)
+    )
+    env = dict(os.environ, VM_RW=str(REPO), VM_TIMEOUT=str(timeout))
+    p = subprocess.run(
+        ["bash", str(STOCKVM), "run", inner],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 120,
+    )
+    return VmRun(p.returncode, p.stdout + p.stderr)
+
+
+def main(argv: list[str]) -> int:
+    reason = unavailable_reason()
+    if reason:
+        print(f"tests/vm: cannot run: {reason}", file=sys.stderr)
+        return 2
+    r = run(argv or None)
+    sys.stdout.write(r.output)
+    return r.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
