@@ -14,7 +14,10 @@ from netlab.errors import NetlabError, SpecErrors
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Not a terminal (a pipe, a test): never wrap or cut names to 80 columns.
+    width = None if stream.isatty() else 250
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 def _fail(e: NetlabError) -> None:
@@ -36,11 +39,6 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            sub = ctx.protected_args[0] if ctx.protected_args else None
-            if sub and sub not in ROOTLESS and os.geteuid() != 0 and "--help" not in ctx.args and "-h" not in ctx.args:
-                from netlab.errors import NeedsRoot
-
-                raise NeedsRoot("netlab needs root to create and enter network namespaces: run it with sudo")
             return super().invoke(ctx)
         except NetlabError as e:
             _fail(e)
@@ -51,8 +49,14 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="netlab")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """The Kubernetes network data plane, emulated with real Linux namespaces."""
+    wants_help = any(a in ("-h", "--help") for a in sys.argv[1:])
+    if ctx.invoked_subcommand not in ROOTLESS and os.geteuid() != 0 and not wants_help:
+        from netlab.errors import NeedsRoot
+
+        raise NeedsRoot("netlab needs root to create and enter network namespaces: run it with sudo")
 
 
 def _progress_printer():

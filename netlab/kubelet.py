@@ -17,6 +17,7 @@ lives under /run/netlab/<lab>/pods/.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -108,6 +109,9 @@ class Kubelet:
         self.store = store
         self.sandboxes: dict[str, Sandbox] = {}
         self.retry_at: dict[str, float] = {}
+        # Netlink and CNI work is synchronous (pyroute2's IPRoute runs its own
+        # event loop, which cannot nest in ours): it runs on one worker thread.
+        self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sandbox")
         self.node_ips: dict[str, str] = {}
         self.stop_event = asyncio.Event()
         self._dirty = asyncio.Event()
@@ -118,8 +122,11 @@ class Kubelet:
 
     # -- the sync loop --------------------------------------------------------
 
+    async def _in_worker(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
     async def run(self) -> None:
-        self._reap_orphans()
+        await self._in_worker(self._reap_orphans)
         rev = 0
         while not self.stop_event.is_set():
             try:
@@ -183,28 +190,15 @@ class Kubelet:
         return os.path.join(self.state_dir, f"{namespace}_{name}.json")
 
     async def start_pod(self, pod: dict) -> None:
-        from cni import api as cni_api
-
         meta, spec = pod["metadata"], pod["spec"]
         ns, name, node = meta["namespace"], meta["name"], spec["nodeName"]
         uid = meta.get("uid") or str(pod.get("_create_revision", ""))
         sb = Sandbox(ns, name, node, names.pod_netns(self.lab, node, ns, name), sandbox_id(ns, name, uid),
                      restart_policy=spec.get("restartPolicy", "Always"))
         self.sandboxes[sb.key] = sb
-        # As the runtime: the sandbox namespace with lo up, then the CNI network.
-        netns.create(sb.netns)
-        with netns.iproute(sb.netns) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         with open(self._state_path(ns, name), "w") as f:
             json.dump({"id": sb.id, "netns": sb.netns, "node": node}, f)
-        result = cni_api.add(
-            node_cni_conf(self.lab, node),
-            container_id=sb.id,
-            netns=netns.path(sb.netns),
-            ifname=names.POD_IFNAME,
-            args=f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={sb.id}",
-            host_netns=names.node_netns(self.lab, node),
-        )
+        result = await self._in_worker(self._make_sandbox, sb)
         sb.ip = result["ips"][0]["address"].split("/")[0]
         containers = spec.get("containers", [])
         commanded = [c for c in containers if c.get("command")]
@@ -221,6 +215,23 @@ class Kubelet:
             ct = Container(c["name"], list(c["command"]) + list(c.get("args", [])), env)
             sb.containers.append(ct)
             sb.tasks.append(asyncio.ensure_future(self._supervise(sb, ct)))
+
+    def _make_sandbox(self, sb: Sandbox) -> dict:
+        """As the runtime: the sandbox namespace with lo up, then CNI ADD of the node's network."""
+        from cni import api as cni_api
+
+        netns.create(sb.netns)
+        with netns.iproute(sb.netns) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        return cni_api.add(
+            node_cni_conf(self.lab, sb.node),
+            container_id=sb.id,
+            netns=netns.path(sb.netns),
+            ifname=names.POD_IFNAME,
+            # As containerd: IgnoreUnknown=1 lets plugins skip the K8S_* args they do not use.
+            args=f"IgnoreUnknown=1;K8S_POD_NAMESPACE={sb.namespace};K8S_POD_NAME={sb.name};K8S_POD_INFRA_CONTAINER_ID={sb.id}",
+            host_netns=names.node_netns(self.lab, sb.node),
+        )
 
     async def _supervise(self, sb: Sandbox, ct: Container) -> None:
         """Run one container, restarting it per the pod's restartPolicy with back-off."""
@@ -279,7 +290,7 @@ class Kubelet:
 
     async def kill_pod(self, sb: Sandbox) -> None:
         await self._stop_containers(sb)
-        self._teardown(sb.node, sb.id, sb.netns)
+        await self._in_worker(self._teardown, sb.node, sb.id, sb.netns)
         try:
             os.unlink(self._state_path(sb.namespace, sb.name))
         except FileNotFoundError:

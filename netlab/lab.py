@@ -109,12 +109,18 @@ def plan_from_record(record: dict) -> LabPlan:
 
 
 def node_daemons(plan: LabPlan, node) -> list[tuple[str, list[str]]]:
-    """The per-node daemons `up` starts inside each node's namespace.
+    """The per-node daemons `up` starts inside each node's namespace, as a DaemonSet would.
 
-    HOOK for the overlay agent (issue 4) and the service proxy (issues 5, 6):
-    each entry is (daemon name, argv); the process gets NETLAB_LAB=<lab>.
+    Each entry is (daemon name, argv); the process gets NETLAB_LAB=<lab>.
     """
-    return []
+    lab = plan.lab.name
+    store = f"sqlite://{names.store_path(lab)}"
+    return [
+        # flanneld's role: lease the node's subnet, program flannel.1 / host-gw routes.
+        ("flanneld", daemons.python_argv("cni.overlay", "--store", store, "--node", node.name,
+                                         "--subnet-file", names.subnet_env_path(lab, node.name),
+                                         "--iface", names.NODE_UPLINK, "--node-ip", str(node.ip))),
+    ]
 
 
 # --- up --------------------------------------------------------------------------
@@ -239,20 +245,26 @@ def ensure_daemons(plan: LabPlan, changes: list[str]) -> None:
 
 
 def wait_for_pods(store: Store, keys: set[str], timeout: float, progress: Progress | None) -> dict[str, str]:
-    """Poll the store until every pod in `keys` left Pending; return phases."""
+    """Poll the store until every pod in `keys` left Pending; return phases.
+
+    A pod whose sandbox could not be made fails the wait at once with the
+    kubelet's message (as `kubectl describe` shows FailedCreatePodSandBox).
+    """
     deadline = time.monotonic() + timeout
-    phases: dict[str, str] = {}
     while True:
         items, _ = store.list(PODS)
-        phases = {
-            f"{kv.value['metadata']['namespace']}/{kv.value['metadata']['name']}": kv.value.get("status", {}).get("phase", "Pending")
-            for kv in items
-        }
-        ready = sum(1 for k in keys if phases.get(k, "Pending") != "Pending")
+        statuses = {f"{kv.value['metadata']['namespace']}/{kv.value['metadata']['name']}": kv.value.get("status", {})
+                    for kv in items}
+        broken = {k: statuses[k] for k in keys if statuses.get(k, {}).get("reason") == "FailedCreatePodSandBox"}
+        if broken:
+            k, st = sorted(broken.items())[0]
+            raise NetlabError(f"pod {k}: sandbox failed: {st.get('message', '?')}")
+        phases = {k: statuses.get(k, {}).get("phase", "Pending") for k in keys}
+        ready = sum(1 for ph in phases.values() if ph != "Pending")
         if progress:
             progress("pods", ready, len(keys))
         if ready == len(keys) or time.monotonic() > deadline:
-            return {k: phases.get(k, "Pending") for k in keys}
+            return phases
         time.sleep(0.05)
 
 

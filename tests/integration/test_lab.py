@@ -189,12 +189,10 @@ BAD_INPUTS = [
 def test_bad_input_exits_2_and_creates_nothing(labs, spec, message):
     name = labs.name()
     path = labs.lab_yaml(name, spec)
-    netns_before = netns.list_names()
     out = run_cli("up", "-f", path)
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and f"{path}:" in out.stderr
-    assert netns.list_names() == netns_before
-    assert not os.path.exists(names.lab_dir(name))
+    assert lab_leaks(name) == []  # no namespace, process or state dir of this lab
 
 
 def test_bad_pod_inputs_exit_2(labs):
@@ -211,7 +209,7 @@ def test_bad_pod_inputs_exit_2(labs):
     full = "nodes: 1\npodNetwork: {Network: 10.244.0.0/16, SubnetLen: 29}"
     out = run_cli("up", "-f", labs.lab_yaml(name, full, "".join(pod(f"p{i}") for i in range(6))))
     assert out.returncode == 2 and "node node1 is full" in out.stderr
-    assert not os.path.exists(names.lab_dir(name))
+    assert lab_leaks(name) == []
 
 
 def test_without_root_one_line_and_exit_1(labs):
