@@ -31,7 +31,7 @@ VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}
 HOST_GW = {"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "etcd"])
 def bed(request, tmp_path):
     """A bed namespace with a store; yields (bed, store_url, store)."""
     name = unique("nltest-ovl-")
@@ -56,6 +56,9 @@ def bed(request, tmp_path):
             etcd.stop()
         left = tb.namespaces() + lab_leaks(name)
         assert not left, f"test bed left behind: {left}"
+        if request.param == "etcd":
+            # The agents shared nothing but etcd: no embedded store was ever opened.
+            assert not list(tmp_path.rglob("*.db")), list(tmp_path.rglob("*.db"))
 
 
 def start(tb: Testbed, url: str, store, conf: dict, n: int = 2, resync: float = 5.0):
