@@ -78,7 +78,7 @@ class Args:
 def validate_container_id(cid: str) -> None:
     if not cid:
         raise CNIError(INVALID_ENV, "missing containerID")
-    if not _ID_RE.match(cid):
+    if not _ID_RE.fullmatch(cid):
         raise CNIError(INVALID_ENV, "invalid characters in containerID", cid)
 
 
@@ -97,7 +97,7 @@ def validate_ifname(name: str) -> None:
 def validate_network_name(name: object) -> None:
     if not isinstance(name, str) or not name:
         raise CNIError(INVALID_CONFIG, "missing network name")
-    if not _ID_RE.match(name):
+    if not _ID_RE.fullmatch(name):
         raise CNIError(INVALID_CONFIG, "invalid characters found in network name", name)
 
 

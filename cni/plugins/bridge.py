@@ -57,7 +57,8 @@ def parse_config(conf: dict) -> Config:
     if not isinstance(br, str):
         raise CNIError(INVALID_CONFIG, "bridge must be a string")
     skel.validate_ifname(br) if br else None
-    mtu = conf.get("mtu", 0) or 0
+    mtu = conf.get("mtu", 0)
+    mtu = 0 if mtu is None else mtu  # JSON null is "unset"; "" or "1500" are not ints (Go would refuse them too)
     if not isinstance(mtu, int) or isinstance(mtu, bool) or not (0 <= mtu <= 65535) or (mtu and mtu < 68):
         raise CNIError(INVALID_CONFIG, "invalid mtu", repr(mtu))
     ipam = conf.get("ipam") or {}
