@@ -67,4 +67,42 @@ def run_checks(st: dict, max_pairs: int = 200) -> list[CheckResult]:
         for p in pods:
             if p["node"] == n["name"]:
                 results.append(_probe(f"node {n['name']}", n["netns"], p, "TCP"))
+    results.extend(service_checks(st, pods))
+    return results
+
+
+def _spread(ns: str, ip: str, port: int, tries: int) -> set[str]:
+    seen = set()
+    for _ in range(tries):
+        seen.add(http_get(ns, ip, "/hostname", port=port))
+    return seen
+
+
+def service_checks(st: dict, pods: list[dict], tries: int = 10) -> list[CheckResult]:
+    """Each TCP Service from a pod (ClusterIP) and from an external client (NodePort, LoadBalancer)."""
+    results = []
+    names_by_ip = {p["ip"]: p["name"] for p in pods}
+    for s in st["services"]:
+        want = {names_by_ip.get(ip, ip) for ip in s["endpoints"]}
+        targets = []
+        for port in s["ports"]:
+            if port.get("protocol", "TCP") != "TCP":
+                continue
+            if pods and s["clusterIP"] not in (None, "None"):
+                src = pods[0]
+                targets.append((f"{src['namespace']}/{src['name']}", src["netns"], s["clusterIP"], port["port"], "ClusterIP"))
+            if st.get("clients") and port.get("nodePort"):
+                c, n = st["clients"][0], st["nodes"][0]
+                targets.append((f"client {c['name']}", c["netns"], n["ip"], port["nodePort"], "NodePort"))
+            for lb in s["loadBalancerIPs"] if st.get("clients") else []:
+                c = st["clients"][0]
+                targets.append((f"client {c['name']}", c["netns"], lb, port["port"], "LoadBalancer"))
+        for source, ns, ip, port, kind in targets:
+            label = f"svc {s['namespace']}/{s['name']} {ip}:{port}"
+            try:
+                seen = _spread(ns, ip, port, tries)
+                ok = bool(want) and seen <= want
+                results.append(CheckResult(source, label, kind, ok, ",".join(sorted(seen))))
+            except OSError as e:
+                results.append(CheckResult(source, label, kind, False, str(e) or type(e).__name__))
     return results

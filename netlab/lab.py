@@ -120,6 +120,10 @@ def node_daemons(plan: LabPlan, node) -> list[tuple[str, list[str]]]:
         ("flanneld", daemons.python_argv("cni.overlay", "--store", store, "--node", node.name,
                                          "--subnet-file", names.subnet_env_path(lab, node.name),
                                          "--iface", names.NODE_UPLINK, "--node-ip", str(node.ip))),
+        # kube-proxy's role: Services and EndpointSlices to rules in the node's namespace.
+        ("kube-proxy", daemons.python_argv("proxy", "--store", store, "--node", node.name, "--node-ip", str(node.ip),
+                                           "--cluster-cidr", str(plan.lab.pod_network.network),
+                                           "--mode", plan.lab.proxy_mode)),
     ]
 
 
@@ -224,7 +228,7 @@ def put_objects(store: Store, lab: LabSpec, objects: list[ApiObject], changes: l
             except ImportError:
                 admit_service = None
             if admit_service is not None:
-                body = admit_service(store, body, lab, where=o.doc)
+                body = admit_service(store, body, lab, lab.node_port_range, where=o.doc)
         kv = store.get(key)
         if kv is None or kv.value != body:
             store.put(key, body)
