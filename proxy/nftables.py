@@ -1,0 +1,378 @@
+"""nftables mode, the pure half: ProxyState -> kube-proxy's `ip kube-proxy` table, as nft text.
+
+kube-proxy's nftables proxier (pkg/proxy/nftables/proxier.go) keeps one
+table of its own instead of sharing iptables' chains. Dispatch is by verdict
+map, not by a chain walked rule by rule: `services` looks the packet's
+`daddr . l4proto . dport` up in the `service-ips` map (and `l4proto . dport`
+in `service-nodeports` for node addresses), so first-packet cost stays flat
+as services grow. Each service port has a `service-<hash>-ns/name/proto/port`
+chain that picks an endpoint chain with `numgen random mod N vmap`, and each
+endpoint chain DNATs. Masquerading is a mark and one `masquerading` chain.
+
+This module renders:
+- `full_text(state)`: the whole table, replaced in one `nft -f` transaction;
+- `partial_text(...)`: for changed service ports only, their own chains,
+  sets and map elements (kube-proxy's partial sync), plus the global sets.
+Both are pure; `proxy/nftables_kernel.py` feeds them to `nft -f -`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from proxy.ipvs import categorize_endpoints, nodeport_addresses
+from proxy.model import Endpoint, NodeContext, ProxyState, ServicePort, ServicePortName
+
+TABLE = "kube-proxy"
+FAMILY = "ip"
+T = f"{FAMILY} {TABLE}"
+CHAIN_NAME_MAX = 256  # NFT_CHAIN_MAXNAMELEN
+
+# Base chains: (name, type, hook, priority), as kube-proxy's nftablesBaseChains.
+BASE_CHAINS: tuple[tuple[str, str, str, int], ...] = (
+    ("filter-prerouting", "filter", "prerouting", -110),  # dstnat - 10
+    ("filter-input", "filter", "input", -10),  # filter - 10
+    ("filter-forward", "filter", "forward", -10),
+    ("filter-output", "filter", "output", -110),  # dstnat - 10: before DNAT, as filter-prerouting
+    ("filter-output-post-dnat", "filter", "output", -90),  # dstnat + 10
+    ("nat-prerouting", "nat", "prerouting", -100),  # dstnat
+    ("nat-output", "nat", "output", -100),
+    ("nat-postrouting", "nat", "postrouting", 100),  # srcnat
+)
+# Jumps from base chains, as kube-proxy's nftablesJumpChains.
+BASE_JUMPS: tuple[tuple[str, str, str], ...] = (
+    ("filter-prerouting", "firewall-check", "ct state new"),
+    ("filter-input", "nodeport-endpoints-check", "ct state new"),
+    ("filter-input", "service-endpoints-check", "ct state new"),
+    ("filter-forward", "service-endpoints-check", "ct state new"),
+    ("filter-forward", "cluster-ips-check", "ct state new"),
+    ("filter-output", "service-endpoints-check", "ct state new"),
+    ("filter-output", "firewall-check", "ct state new"),
+    ("filter-output-post-dnat", "cluster-ips-check", "ct state new"),
+    ("nat-output", "services", ""),
+    ("nat-postrouting", "masquerading", ""),
+    ("nat-prerouting", "services", ""),
+)
+
+SERVICE_IPS = "service-ips"
+SERVICE_NODEPORTS = "service-nodeports"
+NO_ENDPOINT_SERVICES = "no-endpoint-services"
+NO_ENDPOINT_NODEPORTS = "no-endpoint-nodeports"
+FIREWALL_IPS = "firewall-ips"
+CLUSTER_IPS = "cluster-ips"
+NODEPORT_IPS = "nodeport-ips"
+MARK_MASQ = "mark-for-masquerade"
+MASQUERADING = "masquerading"
+REJECT_CHAIN = "reject-chain"
+
+
+def hash_and_truncate(name: str) -> str:
+    """kube-proxy's hashAndTruncate: 8 base32 chars of sha256, "-", the readable name."""
+    h = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()[:8]
+    out = f"{h}-{name}"
+    return out if len(out) <= CHAIN_NAME_MAX else out[: CHAIN_NAME_MAX - 3] + "..."
+
+
+def service_base(spn: ServicePortName) -> str:
+    """servicePortChainNameBase: "HASH-ns/name/proto/portname"."""
+    return hash_and_truncate(f"{spn.namespace}/{spn.name}/{spn.protocol.lower()}/{spn.port}")
+
+
+def endpoint_base(spn: ServicePortName, ep: Endpoint) -> str:
+    """servicePortEndpointChainNameBase: "HASH-ns/name/proto/portname__ip/port"."""
+    ip = ep.ip.replace(":", ".")
+    return hash_and_truncate(f"{spn.namespace}/{spn.name}/{spn.protocol.lower()}/{spn.port}__{ip}/{ep.port}")
+
+
+# -- per service port ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ServiceRules:
+    """Everything one service port owns in the table (what a partial sync may rewrite)."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)
+    sets: dict[str, str] = field(default_factory=dict)  # affinity sets: name -> definition body
+    elements: dict[str, dict[str, str]] = field(default_factory=dict)  # map -> key -> value ("" for sets)
+
+    def element(self, m: str, key: str, value: str = "") -> None:
+        self.elements.setdefault(m, {})[key] = value
+
+
+def service_rules(svc: ServicePort, eps: Iterable[Endpoint], node: NodeContext) -> ServiceRules:
+    """The chains, affinity sets and map elements of one service port (syncProxyRules' per-service loop)."""
+    spn = svc.name
+    out = ServiceRules()
+    if not svc.cluster_ip:
+        return out
+    proto = svc.protocol.lower()
+    base = service_base(spn)
+    svc_chain = f"service-{base}"
+    ext_chain = f"external-{base}"
+    local_chain = f"local-{base}"
+    all_eps = tuple(eps)
+    cluster_eps, local_eps = categorize_endpoints(svc, all_eps)
+    internal_eps = local_eps if svc.internal_policy_local else cluster_eps
+    external_eps = local_eps if svc.external_policy_local else cluster_eps
+    comment = f'"{spn}"'
+
+    def ep_chain(ep: Endpoint) -> str:
+        return f"endpoint-{endpoint_base(spn, ep)}"
+
+    def aff_set(ep: Endpoint) -> str:
+        return f"affinity-{endpoint_base(spn, ep)}"
+
+    def dispatch(chain: str, targets: tuple[Endpoint, ...]) -> list[str]:
+        rules = []
+        if svc.session_affinity_client_ip:
+            for ep in targets:
+                rules.append(f"ip saddr @{aff_set(ep)} goto {ep_chain(ep)}")
+        if targets:
+            vm = ", ".join(f"{i} : goto {ep_chain(ep)}" for i, ep in enumerate(targets))
+            rules.append(f"numgen random mod {len(targets)} vmap {{ {vm} }}")
+        return rules
+
+    # Endpoint chains (every usable endpoint, for either traffic class).
+    used = {str(e): e for e in (*cluster_eps, *local_eps)}
+    for ep in sorted(used.values(), key=str):
+        rules = [f"ip saddr {ep.ip} jump {MARK_MASQ}"]  # hairpin
+        if svc.session_affinity_client_ip:
+            out.sets[aff_set(ep)] = (
+                f"type ipv4_addr ; flags dynamic,timeout ; timeout {svc.sticky_max_age_seconds}s ;"
+            )
+            rules.append(f"update @{aff_set(ep)} {{ ip saddr }}")
+        rules.append(f"meta l4proto {proto} dnat to {ep.ip}:{ep.port}")
+        out.chains[ep_chain(ep)] = rules
+
+    key = f"{svc.cluster_ip} . {proto} . {svc.port}"
+    if internal_eps:
+        rules = []
+        match = f"ip daddr {svc.cluster_ip} {proto} dport {svc.port}"
+        if node.masquerade_all:
+            rules.append(f"{match} jump {MARK_MASQ}")
+        elif node.cluster_cidr:
+            rules.append(f"{match} ip saddr != {node.cluster_cidr} jump {MARK_MASQ}")
+        out.chains[svc_chain] = rules + dispatch(svc_chain, internal_eps)
+        out.element(SERVICE_IPS, key, f"goto {svc_chain}")
+    else:
+        out.element(NO_ENDPOINT_SERVICES, key, f"goto {REJECT_CHAIN}")
+
+    if svc.external_traffic:
+        if external_eps:
+            if svc.external_policy_local:
+                out.chains[local_chain] = dispatch(local_chain, local_eps)
+                ext = []
+                if node.cluster_cidr:
+                    ext.append(f'ip saddr {node.cluster_cidr} goto {svc_chain} comment "short-circuit pod traffic"')
+                ext.append(f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"')
+                ext.append(f'fib saddr type local goto {svc_chain} comment "short-circuit local traffic"')
+                ext.append(f"goto {local_chain}")
+                if svc_chain not in out.chains:  # a Local-only service still needs the cluster path
+                    out.chains[svc_chain] = dispatch(svc_chain, cluster_eps)
+            else:
+                ext = [f"jump {MARK_MASQ}", f"goto {svc_chain}"]
+            out.chains[ext_chain] = ext
+            target = f"goto {ext_chain}"
+            for ip in (*svc.external_ips, *svc.load_balancer_ips):
+                out.element(SERVICE_IPS, f"{ip} . {proto} . {svc.port}", target)
+            if svc.node_port:
+                out.element(SERVICE_NODEPORTS, f"{proto} . {svc.node_port}", target)
+        else:
+            # No usable endpoint for external traffic: Local with none here drops, else rejects.
+            verdict = "drop" if svc.external_policy_local and cluster_eps else f"goto {REJECT_CHAIN}"
+            for ip in (*svc.external_ips, *svc.load_balancer_ips):
+                out.element(NO_ENDPOINT_SERVICES, f"{ip} . {proto} . {svc.port}", verdict)
+            if svc.node_port:
+                out.element(NO_ENDPOINT_NODEPORTS, f"{proto} . {svc.node_port}", verdict)
+    return out
+
+
+# -- global parts ------------------------------------------------------------------------------------
+
+
+def _base_text(node: NodeContext, service_cidr: str | None) -> list[str]:
+    """Table, base chains, helper chains, sets and maps: the same in every sync."""
+    bit = 1 << node.masquerade_bit
+    mark = f"{bit:#x}"
+    lines = [f'add table {T} {{ comment "rules for kube-proxy" ; }}']
+    for name, typ, hook, prio in BASE_CHAINS:
+        lines.append(f"add chain {T} {name} {{ type {typ} hook {hook} priority {prio} ; }}")
+    for name in ("firewall-check", "nodeport-endpoints-check", "service-endpoints-check", "cluster-ips-check",
+                 "services", MARK_MASQ, MASQUERADING):
+        lines.append(f"add chain {T} {name}")
+    lines.append(f'add chain {T} {REJECT_CHAIN} {{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}')
+    lines += [
+        f'add set {T} {CLUSTER_IPS} {{ type ipv4_addr ; comment "Active ClusterIPs" ; }}',
+        f'add set {T} {NODEPORT_IPS} {{ type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }}',
+        f"add map {T} {SERVICE_IPS} {{ type ipv4_addr . inet_proto . inet_service : verdict ; "
+        'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }',
+        f'add map {T} {SERVICE_NODEPORTS} {{ type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }}',
+        f"add map {T} {NO_ENDPOINT_SERVICES} {{ type ipv4_addr . inet_proto . inet_service : verdict ; "
+        'comment "vmap to drop or reject packets to services with no endpoints" ; }',
+        f"add map {T} {NO_ENDPOINT_NODEPORTS} {{ type inet_proto . inet_service : verdict ; "
+        'comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }',
+        f"add map {T} {FIREWALL_IPS} {{ type ipv4_addr . inet_proto . inet_service : verdict ; "
+        'comment "destinations that are subject to LoadBalancerSourceRanges" ; }',
+    ]
+    fixed: dict[str, list[str]] = {name: [] for name, *_ in BASE_CHAINS}
+    for chain, target, cond in BASE_JUMPS:
+        fixed[chain].append(f"{cond} jump {target}".strip())
+    fixed["firewall-check"] = [f"ip daddr . meta l4proto . th dport vmap @{FIREWALL_IPS}"]
+    fixed["nodeport-endpoints-check"] = [f"ip daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS}"]
+    fixed["service-endpoints-check"] = [f"ip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}"]
+    fixed["cluster-ips-check"] = [f'ip daddr @{CLUSTER_IPS} reject comment "Reject traffic to invalid ports of ClusterIPs"']
+    if service_cidr:
+        fixed["cluster-ips-check"].append(
+            f'ip daddr {{ {service_cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"')
+    fixed["services"] = [
+        f"ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}",
+        f"ip daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}",
+    ]
+    fixed[MARK_MASQ] = [f"mark set mark or {mark}"]
+    fixed[MASQUERADING] = [f"mark and {mark} == 0 return", f"mark set mark xor {mark}", "masquerade fully-random"]
+    fixed[REJECT_CHAIN] = ["reject"]
+    for chain, rules in fixed.items():
+        lines.append(f"flush chain {T} {chain}")
+        lines += [f"add rule {T} {chain} {r}" for r in rules]
+    return lines
+
+
+def _elem(key: str, value: str) -> str:
+    return f"{key} : {value}" if value else key
+
+
+@dataclass
+class Applied:
+    """What the table holds after a successful sync: the basis of the next partial sync."""
+
+    services: dict[ServicePortName, ServiceRules] = field(default_factory=dict)
+    cluster_ips: set[str] = field(default_factory=set)
+    nodeport_ips: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Rendered:
+    text: str
+    applied: Applied
+    rules: int
+    chains: int
+    touched_services: int
+
+
+def _globals(state: ProxyState) -> tuple[set[str], set[str]]:
+    cips = {s.cluster_ip for s in state.services.values() if s.cluster_ip}
+    return cips, set(nodeport_addresses(state.node))
+
+
+def _chain_lines(name: str, rules: list[str]) -> list[str]:
+    return [f"add chain {T} {name}", f"flush chain {T} {name}"] + [
+        f"add rule {T} {name} {r}" for r in rules
+    ]
+
+
+def full_text(state: ProxyState, service_cidr: str | None = None) -> Rendered:
+    """The whole table, replacing whatever is there, as one transaction.
+
+    `add table` + `delete table` first: the delete cannot fail on a missing
+    table, and the kernel applies the script all or nothing.
+    """
+    lines = [f"add table {T}", f"delete table {T}"] + _base_text(state.node, service_cidr)
+    applied = Applied()
+    applied.cluster_ips, applied.nodeport_ips = _globals(state)
+    rules = chains = 0
+    elems: dict[str, list[str]] = {}
+    for spn in sorted(state.services):
+        sr = service_rules(state.services[spn], state.endpoints_of(spn), state.node)
+        applied.services[spn] = sr
+        for name, body in sr.sets.items():
+            lines.append(f"add set {T} {name} {{ {body} }}")
+        for name, body in sr.chains.items():
+            lines.append(f"add chain {T} {name}")
+            lines += [f"add rule {T} {name} {r}" for r in body]
+            rules += len(body)
+            chains += 1
+        for m, kv in sr.elements.items():
+            elems.setdefault(m, []).extend(_elem(k, v) for k, v in kv.items())
+    for m, items in sorted(elems.items()):
+        lines.append(f"add element {T} {m} {{ {', '.join(items)} }}")
+    for s, ips in ((CLUSTER_IPS, applied.cluster_ips), (NODEPORT_IPS, applied.nodeport_ips)):
+        if ips:
+            lines.append(f"add element {T} {s} {{ {', '.join(sorted(ips, key=_ip_key))} }}")
+    return Rendered("\n".join(lines) + "\n", applied, rules, chains, len(state.services))
+
+
+def partial_text(state: ProxyState, changed: Iterable[ServicePortName], applied: Applied) -> Rendered | None:
+    """Only the changed service ports' chains, sets and elements (kube-proxy's partial sync).
+
+    Transaction order keeps every reference valid: stale elements go first,
+    then chains are (re)written, then new elements are added, and stale
+    chains and sets are flushed and deleted last. None: this change needs
+    a full sync (an affinity set's timeout changed).
+    """
+    new = Applied(services=dict(applied.services))
+    new.cluster_ips, new.nodeport_ips = _globals(state)
+    dels: list[str] = []
+    writes: list[str] = []
+    adds: list[str] = []
+    stale: list[str] = []
+    stale_sets: list[str] = []
+    rules = chains = 0
+    touched = 0
+    for spn in sorted(set(changed)):
+        old = applied.services.get(spn, ServiceRules())
+        svc = state.services.get(spn)
+        cur = service_rules(svc, state.endpoints_of(spn), state.node) if svc else ServiceRules()
+        if svc:
+            new.services[spn] = cur
+        else:
+            new.services.pop(spn, None)
+        touched += 1
+        for m in sorted(set(old.elements) | set(cur.elements)):
+            o, c = old.elements.get(m, {}), cur.elements.get(m, {})
+            gone = [k for k in o if k not in c or o[k] != c[k]]
+            come = [k for k in c if k not in o or o[k] != c[k]]
+            if gone:
+                dels.append(f"delete element {T} {m} {{ {', '.join(gone)} }}")
+            if come:
+                adds.append(f"add element {T} {m} {{ {', '.join(_elem(k, c[k]) for k in come)} }}")
+        for name, body in cur.sets.items():
+            if name in old.sets and old.sets[name] != body:
+                return None  # an affinity timeout changed: sets cannot be altered in place
+            if name not in old.sets:
+                writes.append(f"add set {T} {name} {{ {body} }}")
+        for name, body in cur.chains.items():
+            if old.chains.get(name) != body:
+                writes += _chain_lines(name, body)
+                rules += len(body)
+                chains += 1
+        stale += [n for n in old.chains if n not in cur.chains]
+        stale_sets += [n for n in old.sets if n not in cur.sets]
+    for s, before, after in ((CLUSTER_IPS, applied.cluster_ips, new.cluster_ips),
+                             (NODEPORT_IPS, applied.nodeport_ips, new.nodeport_ips)):
+        if before - after:
+            dels.append(f"delete element {T} {s} {{ {', '.join(sorted(before - after, key=_ip_key))} }}")
+        if after - before:
+            adds.append(f"add element {T} {s} {{ {', '.join(sorted(after - before, key=_ip_key))} }}")
+    tail = [f"flush chain {T} {n}" for n in stale] + [f"delete chain {T} {n}" for n in stale]
+    tail += [f"delete set {T} {n}" for n in stale_sets]
+    lines = dels + writes + adds + tail
+    return Rendered("\n".join(lines) + ("\n" if lines else ""), new, rules, chains, touched)
+
+
+def _ip_key(ip: str):
+    try:
+        return (0, int(ipaddress.ip_address(ip)))
+    except ValueError:
+        return (1, ip)
+
+
+
+def make_backend(args):
+    """netlab-proxy --mode nftables (proxy/cli.py's per-mode hook)."""
+    from proxy.nftables_kernel import NftablesBackend
+
+    return NftablesBackend(args.netns or "/proc/self/ns/net", getattr(args, "service_cluster_ip_range", None))

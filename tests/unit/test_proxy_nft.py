@@ -1,0 +1,119 @@
+"""nftables mode's pure half: names, the full and partial transactions, and the flow table via the walker."""
+
+from __future__ import annotations
+
+import pytest
+
+from netlab.spec.source import load_text
+from proxy.model import Endpoint, NodeContext, ProxyState, ServicePort, ServicePortName, build_state, load_objects
+from proxy.nft_walker import NftWalker, parse
+from proxy.nftables import full_text, hash_and_truncate, partial_text
+from tests.packet_flows import FLOWS, OBJECTS, PROXY_NODE, TOPOLOGY, Flow
+
+
+def node_context() -> NodeContext:
+    node = TOPOLOGY.node(PROXY_NODE)
+    return NodeContext(node_name=node.name, node_ips=(node.ip,), cluster_cidr=TOPOLOGY.cluster_cidr)
+
+
+def flow_state(edit=None) -> ProxyState:
+    services, slices = load_objects(load_text(OBJECTS, "flows.yaml"))
+    if edit:
+        edit(services, slices)
+    return build_state(services, slices, node_context())
+
+
+def walker_for(text: str) -> NftWalker:
+    node = TOPOLOGY.node(PROXY_NODE)
+    return NftWalker(parse(text), [node.ip, node.gateway])
+
+
+@pytest.fixture(scope="module")
+def walker() -> NftWalker:
+    return walker_for(full_text(flow_state(), TOPOLOGY.service_cidr).text)
+
+
+def test_chain_names_hash_as_kube_proxys():
+    # The examples in kube-proxy's nftables proxier comments.
+    assert hash_and_truncate("ns1/svc1/tcp/p80") == "ULMVA6XW-ns1/svc1/tcp/p80"
+    assert hash_and_truncate("ns1/svc1/tcp/p80__10.180.0.1/80") == "5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
+    assert len(hash_and_truncate("x" * 300)) == 256
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=[f.name for f in FLOWS])
+def test_flow(walker: NftWalker, flow: Flow):
+    outcomes = walker.trace(TOPOLOGY.source_ip(flow.source), flow.dest_ip, flow.protocol, flow.dest_port)
+    if flow.verdict != "ACCEPT":
+        assert {o.verdict for o in outcomes} == {flow.verdict}, outcomes
+        return
+    assert {o.verdict for o in outcomes} == {"ACCEPT"}, outcomes
+    assert {o.endpoint for o in outcomes} == set(flow.endpoints), outcomes
+    assert {o.masquerade for o in outcomes} == {flow.masquerade}, outcomes
+
+
+def _drop_endpoint(services, slices):
+    for s in slices:
+        if s["metadata"]["name"] == "web-flows":
+            s["endpoints"] = s["endpoints"][:1]
+
+
+def test_walker_sees_a_removed_endpoint_disappear():
+    w = walker_for(full_text(flow_state(_drop_endpoint)).text)
+    flow = FLOWS[0]
+    eps = {o.endpoint for o in w.trace(TOPOLOGY.source_ip(flow.source), flow.dest_ip, "TCP", flow.dest_port)}
+    assert len(eps) == 1 and eps < set(flow.endpoints)
+
+
+def test_full_text_has_kube_proxys_structure():
+    text = full_text(flow_state(), TOPOLOGY.service_cidr).text
+    assert text.startswith("add table ip kube-proxy\ndelete table ip kube-proxy\n")
+    assert "add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; }" in text
+    assert "add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips" in text
+    assert "add rule ip kube-proxy masquerading masquerade fully-random" in text
+    web = hash_and_truncate("default/web/tcp/")
+    assert f"10.96.0.10 . tcp . 80 : goto service-{web}" in text
+    assert f"add rule ip kube-proxy service-{web} numgen random mod 2 vmap {{ 0 : goto endpoint-" in text
+    assert "10.96.0.20 . tcp . 80 : goto reject-chain" in text  # no endpoints: rejected
+    assert "tcp . 30082 : drop" in text  # Local, none here: dropped
+    assert "flags dynamic,timeout ; timeout 10800s" in text  # sticky's affinity sets
+
+
+def test_partial_sync_names_only_the_changed_service():
+    before = flow_state()
+    applied = full_text(before).applied
+    after = flow_state(_drop_endpoint)
+    web = next(k for k in before.services if k.name == "web")
+    r = partial_text(after, {web}, applied)
+    assert r is not None and r.touched_services == 1
+    lines = r.text.splitlines()
+    assert all("default/web/" in l for l in lines if "chain" in l or "service-ips" in l), r.text
+    assert any(l.startswith("delete chain ip kube-proxy endpoint-") for l in lines)
+    # The walker applying the partial text on top of the full one reaches the same result as a full sync.
+    w = walker_for(full_text(before).text + r.text)
+    flow = FLOWS[0]
+    eps = {o.endpoint for o in w.trace(TOPOLOGY.source_ip(flow.source), flow.dest_ip, "TCP", flow.dest_port)}
+    assert len(eps) == 1
+    assert partial_text(after, set(), r.applied).text == ""
+
+
+def test_partial_sync_of_a_deleted_service_removes_its_chains_and_elements():
+    before = flow_state()
+    applied = full_text(before).applied
+    web = next(k for k in before.services if k.name == "web")
+    gone = ProxyState(node=before.node, services={k: v for k, v in before.services.items() if k != web},
+                      endpoints={k: v for k, v in before.endpoints.items() if k != web})
+    r = partial_text(gone, {web}, applied)
+    assert "delete element ip kube-proxy service-ips { 10.96.0.10 . tcp . 80 }" in r.text
+    assert "delete element ip kube-proxy cluster-ips { 10.96.0.10 }" in r.text
+    w = walker_for(full_text(before).text + r.text)
+    assert {o.endpoint for o in w.trace("10.244.1.10", "10.96.0.10", "TCP", 80)} == {None}
+
+
+def test_affinity_timeout_change_needs_a_full_sync():
+    n = ServicePortName("default", "s", "", "TCP")
+    eps = {n: (Endpoint("10.244.1.2", 80),)}
+    s1 = ProxyState(services={n: ServicePort(n, cluster_ip="10.96.0.5", port=80, session_affinity_client_ip=True,
+                                              sticky_max_age_seconds=60)}, endpoints=eps)
+    s2 = ProxyState(services={n: ServicePort(n, cluster_ip="10.96.0.5", port=80, session_affinity_client_ip=True,
+                                              sticky_max_age_seconds=120)}, endpoints=eps)
+    assert partial_text(s2, {n}, full_text(s1).applied) is None
