@@ -35,9 +35,10 @@ class Runner:
     """Runs a command in a namespace (None: this process's own) and returns stdout."""
 
     netns: str | None
+    timeout: float = 120.0
 
     def __call__(self, argv: list[str], stdin: str | None = None) -> str:
-        kwargs = dict(input=stdin, capture_output=True, text=True, timeout=60)
+        kwargs = dict(input=stdin, capture_output=True, text=True, timeout=self.timeout)
         if self.netns:
             p = netns.run_in(self.netns, argv, **kwargs)
         else:
