@@ -27,7 +27,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from netlab import netns
 
-from .subnet_file import read_env
+from .subnet_file import read_values
 
 UNDERLAY = "192.168.56.0/24"
 # <linux/in.h>, not exported by Python's socket module.
@@ -66,11 +66,11 @@ class BedNode:
     log: str = ""
 
     def subnet(self) -> IPv4Network | None:
-        value = read_env(self.subnet_file).get("FLANNEL_SUBNET")
-        return IPv4Network(value, strict=False) if value else None
+        value = read_values(self.subnet_file).get("subnet")
+        return IPv4Network(value) if value else None
 
     def mtu(self) -> int:
-        return int(read_env(self.subnet_file)["FLANNEL_MTU"])
+        return int(read_values(self.subnet_file)["mtu"])
 
 
 class Testbed:
