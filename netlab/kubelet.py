@@ -325,6 +325,8 @@ class Kubelet:
                            ifname=names.POD_IFNAME, host_netns=names.node_netns(self.lab, node))
         except Exception:
             log.exception("CNI DEL of sandbox %s failed; removing its namespace anyway", sandbox[:12])
+        # A cached netlink socket would keep the deleted namespace alive in the kernel.
+        cni_api.forget(netns.path(netns_name))
         netns.remove(netns_name)
 
     # -- status -----------------------------------------------------------------
