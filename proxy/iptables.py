@@ -151,6 +151,17 @@ class _Lines:
 
 
 @dataclass
+class _ServiceRules:
+    """One service port's lines, split by where they go."""
+
+    filter: _Lines = field(default_factory=_Lines)
+    top: _Lines = field(default_factory=_Lines)  # KUBE-SERVICES / KUBE-NODEPORTS: always written
+    chains: list[str] = field(default_factory=list)  # its own chains' declarations
+    rules: _Lines = field(default_factory=_Lines)  # its own chains' rules
+    active: set[str] = field(default_factory=set)
+
+
+@dataclass
 class _Ctx:
     """Per-sync values derived once (kube-proxy's Proxier fields)."""
 
@@ -248,13 +259,17 @@ def build(
     changed_services: set[tuple[str, str]] | None = None,
     opts: Options = Options(),
     existing_nat_chains: Iterable[str] | None = None,
+    cache: dict | None = None,
 ) -> Ruleset:
     """The restore text for `state`, as syncProxyRules writes proxier.iptablesData.
 
     `changed_services` None means a full sync; otherwise the (namespace, name)
     of services whose chains must be rewritten (kube-proxy's UpdatedServices).
     `existing_nat_chains` (from iptables-save) lets stale service chains be
-    flushed and deleted in the same transaction.
+    flushed and deleted in the same transaction. `cache` (a dict kept by the
+    caller across syncs) memoizes each service port's lines while its
+    service, endpoints and the node context are unchanged, so a partial sync
+    of 10k services costs a join, not 10k rebuilds.
     """
     c = _context(state, opts)
     mark = c.mark
@@ -262,7 +277,6 @@ def build(
     nat_chain_lines = [f":{ch} - [0:0]" for ch in (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)]
     fr = _Lines()
     nr = _Lines()
-    skipped_chains: list[str] = []
     skipped = _Lines()
     active: set[str] = {KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ}
 
@@ -281,13 +295,30 @@ def build(
             " -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
         )
 
+    ctx_key = (c.node, c.opts, c.large)
     for name in sorted(state.services):
         sp = state.services[name]
-        write_all = changed_services is None or name.service in changed_services
-        if write_all:
-            _service(c, sp, state.endpoints_of(name), fr, nr, nat_chain_lines, nr, active)
+        eps = state.endpoints_of(name)
+        key = (sp, eps, ctx_key)
+        hit = cache.get(name) if cache is not None else None
+        if hit is not None and hit[0] == key:
+            out = hit[1]
         else:
-            _service(c, sp, state.endpoints_of(name), fr, nr, skipped_chains, skipped, active)
+            out = _ServiceRules()
+            _service(c, sp, eps, out.filter, out.top, out.chains, out.rules, out.active)
+            if cache is not None:
+                cache[name] = (key, out)
+        fr.lines.extend(out.filter.lines)
+        nr.lines.extend(out.top.lines)
+        active |= out.active
+        if changed_services is None or name.service in changed_services:
+            nat_chain_lines.extend(out.chains)
+            nr.lines.extend(out.rules.lines)
+        else:
+            skipped.lines.extend(out.rules.lines)
+    if cache is not None:
+        for gone in set(cache) - set(state.services):
+            del cache[gone]
 
     # The tail-call to KUBE-NODEPORTS: after every other service rule.
     nodeports_comment = '-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain"'

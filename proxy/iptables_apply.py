@@ -80,6 +80,7 @@ class IptablesBackend:
         self.opts = opts or Options(random_fully=True)
         self.last_text = ""  # what the last successful sync wrote (for tests and `netlab trace`)
         self.last_cleanup = 0.0
+        self.cache: dict = {}  # per-service-port lines, reused while unchanged (see iptables.build)
         self.cleanup_period = 30.0  # large clusters: iptables-save at most this often (kube-proxy's syncPeriod)
 
     def save(self) -> str:
@@ -99,7 +100,7 @@ class IptablesBackend:
             missing = jump_rules_missing(saved.texts())
             self.last_cleanup = time.monotonic()
         services = None if full else {n.service for n in changed}
-        rs = build(state, services, self.opts, existing)
+        rs = build(state, services, self.opts, existing, self.cache)
         text = _with_jumps(rs.text, missing)
         self.run([self.restore_bin, "--noflush", "--counters"], stdin=text)
         self.last_text = text

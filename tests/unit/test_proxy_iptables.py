@@ -279,3 +279,16 @@ def test_large_clusters_drop_endpoint_comments():
 def test_masquerade_mark_follows_the_bit(bit, mark):
     node = NodeContext(masquerade_bit=bit)
     assert f"-j MARK --or-mark {mark}" in build(ProxyState(node=node), None).text
+
+
+def test_the_per_service_cache_changes_nothing_but_time():
+    cache: dict = {}
+    for n_eps, changed in ((2, None), (3, {("ns1", "svc1")}), (1, {("ns1", "svc1")}), (1, None)):
+        cached = build(_state_with(n_eps), changed, GOLDEN_OPTS, cache=cache)
+        plain = build(_state_with(n_eps), changed, GOLDEN_OPTS)
+        assert canonical(cached.text) == canonical(plain.text)
+        assert (cached.nat_rules, cached.filter_rules) == (plain.nat_rules, plain.filter_rules)
+    st = golden_state()
+    assert len(cache) == len(st.services)
+    build(ProxyState(st.node, {}, {}), None, GOLDEN_OPTS, cache=cache)
+    assert cache == {}  # deleted services leave the cache
