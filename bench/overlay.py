@@ -144,14 +144,16 @@ def convergence(workdir: str, store_kind: str, nodes: int, adds: int) -> list[fl
             subnet = str(leases.subnet_of_key(key))
             mac = bed.store.get(key).value["BackendData"]["VtepMAC"]
 
-            def everywhere():
-                for n in running:
-                    st = _observe(n, VXLAN)
-                    if subnet not in {r.dst for r in st.routes} or (mac, ip) not in {(f.mac, f.dst) for f in st.fdb}:
-                        return False
-                return True
+            pending = list(running)
 
-            # Poll at 10 ms: ten netlink dumps per check compete with the agents for 2 cores.
+            def everywhere():
+                # Check only the nodes not yet programmed: the probe must not starve the agents.
+                for n in list(pending):
+                    st = _observe(n, VXLAN)
+                    if subnet in {r.dst for r in st.routes} and (mac, ip) in {(f.mac, f.dst) for f in st.fdb}:
+                        pending.remove(n)
+                return not pending
+
             wait_for(everywhere, 30, interval=0.01, what="every node to program the new one")
             times.append(time.monotonic() - t0)
             bed.tb.wait_lease(new)

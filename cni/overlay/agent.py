@@ -58,6 +58,8 @@ class Status:
     converged_at: float = 0.0
     last_changes: str = ""
     applied: int = 0  # how many converges changed the kernel
+    acquired: int = 0  # lease acquisitions (1 + re-acquisitions after a lost lease)
+    renewed: int = 0
 
 
 class Agent:
@@ -106,6 +108,7 @@ class Agent:
             self.store, self.conf, attrs, self.opts.node, previous=previous, ttl=self.opts.lease_ttl
         )
         self.status.lease = lease
+        self.status.acquired += 1
         self._schedule_renew()
         write_subnet_env(
             self.opts.subnet_file, self.conf.network, lease.subnet,
@@ -163,7 +166,9 @@ class Agent:
                 dirty = True
             now = time.monotonic()
             if now >= self._renew_at:
-                if not leases.renew(self.store, self.status.lease, ttl=self.opts.lease_ttl):
+                if leases.renew(self.store, self.status.lease, ttl=self.opts.lease_ttl):
+                    self.status.renewed += 1
+                else:
                     log.warning("lease %s lost; re-acquiring", self.status.lease.subnet)
                     self.acquire()
                 self._schedule_renew()

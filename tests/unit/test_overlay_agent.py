@@ -1,0 +1,132 @@
+"""The agent loop without root: a fake kernel that applies diffs to an in-memory State."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+
+from cni.overlay import lease as leases
+from cni.overlay import plan
+from cni.overlay.agent import Agent, AgentOptions
+from netlab.store import FLANNEL_CONFIG, FLANNEL_SUBNETS, SqliteStore
+
+VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}
+
+
+class FakeKernel:
+    """Holds one node's overlay State; apply() mutates it as the real adapter would."""
+
+    def __init__(self, ip: str = "192.168.56.11/24", mtu: int = 1500) -> None:
+        self.ip, self.mtu = ip, mtu
+        self.state = plan.State()
+        self.applied: list[plan.Changes] = []
+
+    def uplink(self, ifname: str):
+        return (self.ip, self.mtu) if ifname == "eth0" else None
+
+    def observe(self, conf, own_subnet):
+        return self.state
+
+    def apply(self, ch: plan.Changes) -> None:
+        s = self.state
+        device = None if ch.delete_device else s.device
+        device = ch.create_device or ch.set_device or device
+        fresh = ch.create_device is not None
+
+        def upd(have, add, delete):
+            base = frozenset() if fresh else have
+            return (base - frozenset(delete)) | frozenset(add)
+
+        self.state = plan.State(
+            device,
+            upd(s.addresses, ch.add_addresses, ch.del_addresses),
+            upd(s.routes, ch.add_routes, ch.del_routes) if not fresh else frozenset(ch.add_routes),
+            upd(s.neighbours, ch.add_neighbours, ch.del_neighbours),
+            upd(s.fdb, ch.add_fdb, ch.del_fdb),
+        )
+        self.applied.append(ch)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SqliteStore(str(tmp_path / "store.db"))
+    s.put(FLANNEL_CONFIG, VXLAN)
+    yield s
+    s.close()
+
+
+def run_agent(store, kernel, tmp_path, **opts):
+    agent = Agent(AgentOptions(node="n1", subnet_file=str(tmp_path / "subnet.env"), poll=0.01, **opts),
+                  store, kernel)
+    stop = threading.Event()
+    t = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    t.start()
+    return agent, stop, t
+
+
+def wait(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_agent_leases_writes_subnet_env_and_follows_peers(store, tmp_path):
+    k = FakeKernel()
+    agent, stop, t = run_agent(store, k, tmp_path)
+    try:
+        wait(lambda: k.state.device is not None)
+        assert agent.status.lease.subnet == leases.IPv4Network("10.244.1.0/24")
+        assert (tmp_path / "subnet.env").read_text().splitlines()[1:3] == ["FLANNEL_SUBNET=10.244.1.1/24",
+                                                                          "FLANNEL_MTU=1450"]
+        peer = leases.Lease(leases.IPv4Network("10.244.2.0/24"), leases.IPv4Address("192.168.56.12"), "vxlan", 1,
+                            plan.vtep_mac("192.168.56.12", 1))
+        store.put(peer.key, peer.to_json())
+        wait(lambda: {r.dst for r in k.state.routes} == {"10.244.2.0/24"})
+        store.delete(peer.key)
+        wait(lambda: not k.state.routes and not k.state.fdb and not k.state.neighbours)
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_agent_takes_back_its_deleted_lease_and_renews_before_expiry(store, tmp_path):
+    k = FakeKernel()
+    agent, stop, t = run_agent(store, k, tmp_path, lease_ttl=0.3)
+    try:
+        wait(lambda: agent.status.lease is not None)
+        key = agent.status.lease.key
+        store.delete(key)
+        wait(lambda: store.get(key) is not None and agent.status.acquired == 2)
+        # The TTL is 0.3 s; renewal at half of it keeps the lease alive for several TTLs,
+        # never lost and taken back.
+        deadline = time.monotonic() + 0.9
+        while time.monotonic() < deadline:
+            assert store.get(key) is not None, "the lease expired: it was not renewed"
+            time.sleep(0.02)
+        assert agent.status.renewed >= 3 and agent.status.acquired == 2
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_agent_restart_applies_nothing(store, tmp_path):
+    k = FakeKernel()
+    agent, stop, t = run_agent(store, k, tmp_path)
+    wait(lambda: k.state.device is not None)
+    stop.set()
+    t.join(5)
+    before = dataclasses.replace(k.state)
+    k.applied.clear()
+    agent2, stop2, t2 = run_agent(store, k, tmp_path)
+    try:
+        wait(lambda: agent2.status.converged_at > 0)
+        assert k.applied == [] and k.state == before
+        assert agent2.status.lease == agent.status.lease
+    finally:
+        stop2.set()
+        t2.join(5)
+    assert [kv.key for kv in store.list(FLANNEL_SUBNETS)[0]] == [agent.status.lease.key]
