@@ -63,6 +63,7 @@ class ProxyLoop:
         self.last_error = ""
         self.invalid: dict[str, str] = {}
         self._good: dict[str, dict[str, Any]] = {}  # key -> last valid normalized object
+        self._checked: dict[str, tuple[Any, str]] = {}  # key -> (Document validated, its error or "")
         self.syncs = 0
         self.synced = threading.Event()  # set after each successful sync (tests wait on it)
 
@@ -79,15 +80,26 @@ class ProxyLoop:
         for key in list(self._good):
             if key not in docs:
                 del self._good[key]
+        for key in list(self._checked):
+            if key not in docs:
+                del self._checked[key]
         for key, doc in docs.items():
-            try:
-                obj = validate_service(doc) if key.startswith(st.SERVICES) else validate_endpointslice(doc)
-                self._good[key] = obj
-            except SpecError as e:
-                invalid[key] = str(e)
-                obj = self._good.get(key)
-                if obj is None:
-                    continue
+            seen = self._checked.get(key)
+            if seen is not None and seen[0] is doc:  # sources keep unchanged Documents: validated already
+                err = seen[1]
+            else:
+                err = ""
+                try:
+                    obj = validate_service(doc) if key.startswith(st.SERVICES) else validate_endpointslice(doc)
+                    self._good[key] = obj
+                except SpecError as e:
+                    err = str(e)
+                self._checked[key] = (doc, err)
+            if err:
+                invalid[key] = err
+            obj = self._good.get(key)
+            if obj is None:
+                continue
             (services if key.startswith(st.SERVICES) else slices).append(obj)
         if invalid != self.invalid:
             for key, msg in invalid.items():
