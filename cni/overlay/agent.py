@@ -71,6 +71,7 @@ class Agent:
         self.conf: netconf.NetConf | None = None
         self.node: plan.Node | None = None
         self._renew_at = 0.0
+        self._next_resync = 0.0
         self._rev = 0
 
     # -- start-up ----------------------------------------------------------------
@@ -149,37 +150,44 @@ class Agent:
         self.acquire()
         first = self.converge()
         log.info("ready: %s", first.summary())  # "ready: nothing" after a restart onto a right kernel
-        next_resync = time.monotonic() + self.opts.resync
+        self._next_resync = time.monotonic() + self.opts.resync
         while not stop.is_set():
-            dirty = False
             try:
-                events, rev = self.store.events_since(FLANNEL_SUBNETS, self._rev)
-                if events:
-                    dirty = True
-                    mine = [e for e in events if e.key == self.status.lease.key]
-                    if any(e.type == "DELETE" for e in mine[-1:]):
-                        # Our lease vanished (expired, or deleted by hand): take it back.
-                        log.warning("own lease %s was deleted; re-acquiring", self.status.lease.subnet)
-                        self.acquire()
-                self._rev = max(self._rev, rev)
-            except Compacted:
-                dirty = True
-            now = time.monotonic()
-            if now >= self._renew_at:
-                if leases.renew(self.store, self.status.lease, ttl=self.opts.lease_ttl):
-                    self.status.renewed += 1
-                else:
-                    log.warning("lease %s lost; re-acquiring", self.status.lease.subnet)
-                    self.acquire()
-                self._schedule_renew()
-            if dirty or now >= next_resync:
-                try:
-                    self.converge()
-                except Exception:  # keep the agent alive: the next resync retries
-                    log.exception("converge failed")
-                next_resync = time.monotonic() + self.opts.resync
+                dirty = self.step()
+            except Exception as e:  # store unreachable, a netlink hiccup: flanneld logs and retries
+                log.warning("retrying in 1 s: %s: %s", type(e).__name__, e)
+                stop.wait(1.0)
+                continue
             if not dirty:
                 stop.wait(self.opts.poll)
+
+    def step(self) -> bool:
+        """One turn of the loop: events, renewal, converge if needed; True if leases changed."""
+        dirty = False
+        try:
+            events, rev = self.store.events_since(FLANNEL_SUBNETS, self._rev)
+            if events:
+                dirty = True
+                mine = [e for e in events if e.key == self.status.lease.key]
+                if mine and mine[-1].type == "DELETE":
+                    # Our lease vanished (expired, or deleted by hand): take it back.
+                    log.warning("own lease %s was deleted; re-acquiring", self.status.lease.subnet)
+                    self.acquire()
+            self._rev = max(self._rev, rev)
+        except Compacted:
+            dirty = True  # fell behind the store's history: the converge below relists
+        now = time.monotonic()
+        if now >= self._renew_at:
+            if leases.renew(self.store, self.status.lease, ttl=self.opts.lease_ttl):
+                self.status.renewed += 1
+            else:
+                log.warning("lease %s lost; re-acquiring", self.status.lease.subnet)
+                self.acquire()
+            self._schedule_renew()
+        if dirty or now >= self._next_resync:
+            self.converge()
+            self._next_resync = time.monotonic() + self.opts.resync
+        return dirty
 
 
 def configure_logging() -> None:
