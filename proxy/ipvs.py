@@ -398,3 +398,35 @@ def schedulers_from_services(services: Iterable[Mapping]) -> dict[tuple[str, str
             )
         out[(meta.get("namespace", "default"), meta["name"])] = value
     return out
+
+
+def own_netns(args) -> str:
+    """The namespace to program: --netns, or the one we run in if it is a named one (/run/netns).
+
+    Positive identification rather than "not PID 1's": where /proc/1/ns is
+    unreadable (containers, sandboxes) the host's namespace cannot be told
+    apart that way, and it must never be programmed.
+    """
+    import os
+
+    from netlab import netns as _netns
+    from proxy.backend import SyncError
+
+    if args.netns:
+        return args.netns
+    mine = os.stat("/proc/thread-self/ns/net").st_ino
+    for name in _netns.list_names():
+        try:
+            if _netns.inode(name) == mine:
+                return name
+        except OSError:
+            continue
+    raise SyncError("refusing to program a namespace netlab did not create (the host's?): "
+                    "run inside a node namespace or pass --netns")
+
+
+def make_backend(args):
+    """netlab-proxy --mode ipvs (proxy/cli.py's per-mode hook); --ipvs-scheduler where the CLI has it."""
+    from proxy.ipvs_kernel import IpvsBackend
+
+    return IpvsBackend(own_netns(args), getattr(args, "ipvs_scheduler", None) or DEFAULT_SCHEDULER)

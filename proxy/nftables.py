@@ -373,6 +373,7 @@ def _ip_key(ip: str):
 
 def make_backend(args):
     """netlab-proxy --mode nftables (proxy/cli.py's per-mode hook)."""
+    from proxy.ipvs import own_netns
     from proxy.nftables_kernel import NftablesBackend
 
-    return NftablesBackend(args.netns or "/proc/self/ns/net", getattr(args, "service_cluster_ip_range", None))
+    return NftablesBackend(own_netns(args), getattr(args, "service_cluster_ip_range", None))

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 STOCKVM = Path(__file__).with_name("stockvm.sh")
 # Focused: Python is ~20x slower in the guest (TCG), a few minutes at most.
-IPVS_SUBSET = ["tests/integration/test_proxy_ipvs.py"]
+IPVS_SUBSET = ["tests/integration/test_proxy_ipvs.py", "tests/integration/test_proxy_ipvs_flows.py"]
 
 
 @dataclass
