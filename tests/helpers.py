@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 
 from netlab import names, netns
@@ -72,3 +73,14 @@ def lab_leaks(lab: str) -> list[str]:
 def assert_no_leaks(lab: str) -> None:
     leaks = lab_leaks(lab)
     assert not leaks, f"lab {lab} left behind: {leaks}"
+
+
+def wait_until(cond, timeout: float = 10.0, what: str = "condition"):
+    """Poll `cond` until it returns something truthy (returned); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -14,7 +14,7 @@ import pytest
 
 from netlab import daemons, lab, names, netns
 from netlab.check import http_get, udp_ask
-from tests.helpers import lab_leaks
+from tests.helpers import lab_leaks, wait_until
 from tests.integration.conftest import pod
 
 NETLAB = [sys.executable, "-m", "netlab.cli"]
@@ -22,16 +22,6 @@ NETLAB = [sys.executable, "-m", "netlab.cli"]
 
 def run_cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([*NETLAB, *args], capture_output=True, text=True, timeout=120, **kw)
-
-
-def wait_until(cond, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def pods_by_name(st: dict) -> dict[str, dict]:
