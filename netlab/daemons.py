@@ -71,9 +71,18 @@ def spawn(lab: str, daemon: str, netns_name: str, argv: list[str]) -> int:
         log.close()
     with open(os.path.join(pid_dir(lab), f"{daemon}.pid"), "w") as f:
         f.write(f"{proc.pid} {start_time(proc.pid)}\n")
-    # The child is detached (own session); reap it from a thread-less parent by not waiting.
-    proc.returncode = 0  # tell subprocess not to warn about an unreaped child at exit
+    # Detached (own session), but still our child while we live: keep it to reap it.
+    _children.append(proc)
+    reap()
     return proc.pid
+
+
+_children: list = []
+
+
+def reap() -> None:
+    """Collect exited children, so a long-lived parent (tests, benchmarks) leaves no zombies."""
+    _children[:] = [p for p in _children if p.poll() is None]
 
 
 def python_argv(module: str, *args: str) -> list[str]:
@@ -144,6 +153,7 @@ def terminate(pids: Iterable[int], grace: float = 2.0) -> None:
         return out
 
     while living() and time.monotonic() < deadline:
+        reap()
         time.sleep(0.02)
     for p in living():
         try:
