@@ -22,7 +22,7 @@ from netlab import netns
 from proxy.backend import SyncError, SyncResult
 from proxy.iptables import JUMP_RULES, Options, build, jump_rules_missing
 from proxy.model import ProxyState, ServicePortName
-from proxy.walker import parse
+from proxy.walker import BUILTIN, parse
 
 BINARIES = {
     "nft": ("iptables-nft-restore", "iptables-nft-save"),
@@ -95,9 +95,8 @@ class IptablesBackend:
         missing = list(JUMP_RULES) if full else []
         # kube-proxy skips iptables-save in large clusters except once per syncPeriod.
         if full or not large or time.monotonic() - self.last_cleanup > self.cleanup_period:
-            saved = parse(self.save())
-            existing = set(saved.chains.get("nat", {}))
-            missing = jump_rules_missing(saved.texts())
+            existing, builtin_rules = scan_save(self.save())
+            missing = jump_rules_missing(builtin_rules)
             self.last_cleanup = time.monotonic()
         services = None if full else {n.service for n in changed}
         rs = build(state, services, self.opts, existing, self.cache)
@@ -133,6 +132,28 @@ class IptablesBackend:
             lines.append("COMMIT")
         if lines:
             self.run([self.restore_bin, "--noflush"], stdin="\n".join(lines) + "\n")
+
+
+def scan_save(text: str) -> tuple[set[str], dict[str, dict[str, list[str]]]]:
+    """From iptables-save: the nat table's chain names, and the built-in chains' rules.
+
+    What a sync needs (stale chains, missing jumps) without parsing every
+    rule: at 10k services the full parse costs seconds; this is a line scan.
+    """
+    nat_chains: set[str] = set()
+    builtin: dict[str, dict[str, list[str]]] = {}
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":"):
+            if table == "nat":
+                nat_chains.add(line[1:].split(" ", 1)[0])
+        elif line.startswith("-A ") and line[3:4].isupper():
+            chain, _, rest = line[3:].partition(" ")
+            if chain in BUILTIN.get(table, ()):
+                builtin.setdefault(table, {}).setdefault(chain, []).append(rest)
+    return nat_chains, builtin
 
 
 def _with_jumps(text: str, missing: list) -> str:
