@@ -318,6 +318,9 @@ class IpvsBackend:
     # -- one-time node set-up (NewProxier) ---------------------------------------------------
 
     def _init_node(self) -> None:
+        # Opening the IPVS netlink socket loads ip_vs (where modules load); its
+        # net.ipv4.vs.* sysctls exist only from then on.
+        self.kernel._s()
         for key, value in sysctls_for_kernel(os.uname().release):
             netns.write_sysctl(self.netns_name, key, value)
         with netns.iproute(self.netns_name) as ipr:

@@ -8,6 +8,7 @@ NETLAB_REQUIRE_IPVS=1 (a missing IPVS fails, never skips) and
 NETLAB_IN_VM=1, and writes no bytecode into the shared repo.
 
     python -m tests.vm.runner [pytest args...]      # default: the IPVS subset
+    python -m tests.vm.runner --bench [bench/dataplane.py args...]
 
 Exit status is the inner pytest's (124: the VM timed out).
 """
@@ -48,15 +49,25 @@ def setup(timeout: float = 900) -> VmRun:
     return VmRun(p.returncode, p.stdout + p.stderr)
 
 
+PRELUDE = (
+    "export NETLAB_IN_VM=1 NETLAB_REQUIRE_IPVS=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1; "
+    "ip link set lo up; modprobe br_netfilter; "
+)
+
+
 def run(pytest_args: list[str] | None = None, timeout: int = 900) -> VmRun:
     """Boot the guest, run pytest on `pytest_args` in the repo, return its status and output."""
     args = pytest_args or IPVS_SUBSET
-    inner = (
-        "export NETLAB_IN_VM=1 NETLAB_REQUIRE_IPVS=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1; "
-        "ip link set lo up; modprobe br_netfilter; "
+    return run_shell(
         f"exec {shlex.quote(sys.executable)} -m pytest -p no:cacheprovider --color=no -q -rfEs "
-        + " ".join(shlex.quote(a) for a in args)
+        + " ".join(shlex.quote(a) for a in args),
+        timeout,
     )
+
+
+def run_shell(command: str, timeout: int = 900) -> VmRun:
+    """Boot the guest and run one shell command in the repo (after the node-like prelude)."""
+    inner = PRELUDE + command
     env = dict(os.environ, VM_RW=str(REPO), VM_TIMEOUT=str(timeout))
     p = subprocess.run(
         ["bash", str(STOCKVM), "run", inner],
@@ -74,7 +85,12 @@ def main(argv: list[str]) -> int:
     if reason:
         print(f"tests/vm: cannot run: {reason}", file=sys.stderr)
         return 2
-    r = run(argv or None)
+    if argv[:1] == ["--bench"]:
+        # bench/dataplane.py inside the guest: IPVS against iptables in the same VM.
+        r = run_shell(f"exec {shlex.quote(sys.executable)} bench/dataplane.py "
+                      + " ".join(shlex.quote(a) for a in argv[1:]), timeout=3000)
+    else:
+        r = run(argv or None)
     sys.stdout.write(r.output)
     return r.returncode
 
