@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netlab import daemons, fabric, names, netns
-from netlab.errors import LabBusy, NetlabError, NeedsRoot, SpecError, SpecErrors
+from netlab.errors import LabBusy, NetlabError, NeedsRoot, SpecErrors
 from netlab.plan import LabPlan, plan_lab
 from netlab.spec.lab import LabSpec
-from netlab.spec.topology import ApiObject, Topology, load_topology, parse_objects, pod_object, schedule, check_pods_fit
+from netlab.spec.topology import ApiObject, check_pods_fit, load_topology, parse_objects, pod_object, schedule
 from netlab.spec.source import load_files
-from netlab.store import ENDPOINTSLICES, FLANNEL_CONFIG, LABS, NODES, PODS, SERVICES, Store, object_key, open_store
+from netlab.store import ENDPOINTSLICES, FLANNEL_CONFIG, PODS, SERVICES, Store, object_key, open_store
 
 LAB_FILE = "lab.json"
 LABD = "labd"

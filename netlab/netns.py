@@ -19,10 +19,6 @@ import ctypes
 import errno
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pyroute2 import IPRoute
 
 NETNS_DIR = "/run/netns"
 
@@ -125,7 +121,7 @@ def remove(name: str) -> bool:
     return True
 
 
-def iproute(name: str | None) -> "IPRoute":
+def iproute(name: str | None):  # -> pyroute2.IPRoute (imported lazily: plugin start-up time)
     """An IPRoute whose netlink socket lives in namespace `name` (None: the caller's)."""
     from pyroute2 import IPRoute
 
