@@ -255,8 +255,15 @@ def check_flow(where: dict[str, str], flow: Flow) -> None:
     src_ns = where[flow.source]
     src_ip = TOPOLOGY.source_ip(flow.source)
     timeout = 0.5 if flow.verdict == "DROP" else 2.0
+    # ClientIP affinity is a promise about the connections *after* the first:
+    # that one creates the record (iptables' `recent` entry, IPVS's
+    # persistence template, the nft affinity set element) and the rest
+    # follow it. Concurrent first SYNs can each miss the record on different
+    # CPUs (IPVS's ip_vs_sched_persist looks up and creates the template
+    # without a lock), and a real client opens one connection first too.
+    first = [connect(src_ns, flow, timeout)] if flow.affinity else []
     with ThreadPoolExecutor(max_workers=10) as ex:
-        replies = list(ex.map(lambda _: connect(src_ns, flow, timeout), range(CONNECTIONS)))
+        replies = first + list(ex.map(lambda _: connect(src_ns, flow, timeout), range(CONNECTIONS)))
     if flow.verdict == "REJECT":
         assert {r.error for r in replies} == {"refused"}, replies
         return
