@@ -5,10 +5,11 @@ packet-flow table checks every mode without root. It reads either the
 transaction text netlab feeds to `nft -f` or the kernel's own
 `nft list table ip kube-proxy` output, and understands the expressions
 kube-proxy's nftables proxier writes: verdict-map lookups on
-`daddr . l4proto . dport`, sets, `numgen random mod N vmap` (every branch is
-followed), `fib ... type local`, marks, `dnat to`, `masquerade`, `reject`,
-`drop`, `jump`/`goto`/`return`. A connection is new, so dynamic affinity
-sets are empty.
+`daddr . l4proto . dport`, sets, `numgen random mod N vmap` and netlab's
+`numgen random mod N K goto` ladder (every branch is followed),
+`fib ... type local`, marks, `dnat to`, `masquerade`, `reject`, `drop`,
+`jump`/`goto`/`return`. A connection is new, so dynamic affinity sets are
+empty.
 """
 
 from __future__ import annotations
@@ -288,12 +289,24 @@ class NftWalker:
                 i += 5
             elif t == "update":
                 i += 3
-            elif t == "numgen":
+            elif t == "numgen" and toks[i + 4] == "vmap":
+                # kube-proxy's `numgen random mod N vmap { 0 : goto A, ... }`: every branch.
                 branches = toks[i + 5].strip("{} ").split(",")
                 for b in branches:
                     _, v = b.split(":", 1)
                     yield from self._verdict(v.split(), p, depth)
                 return
+            elif t == "numgen":
+                # netlab's ladder `numgen random mod N K goto A` (also spelled `== K`):
+                # it matches for some packets and not for others, unless N is 1.
+                j = i + 5 if toks[i + 4] == "==" else i + 4
+                modulus, value = int(toks[i + 3]), int(toks[j])
+                if value >= modulus:
+                    yield p, ""
+                    return
+                if modulus > 1:
+                    yield p, ""
+                i = j + 1
             else:
                 yield from self._verdict(toks[i:], p, depth)
                 return

@@ -10,10 +10,29 @@ chain that picks an endpoint chain with `numgen random mod N vmap`, and each
 endpoint chain DNATs. Masquerading is a mark and one `masquerading` chain.
 
 This module renders:
-- `full_text(state)`: the whole table, replaced in one `nft -f` transaction;
+- `full_text(state)`: the whole table in one `nft -f` transaction. With no
+  knowledge of the kernel's table (first sync, after a failure) it replaces
+  the table; with the previous sync's `Applied` it does what kube-proxy's
+  full sync does: every chain is added and flushed and its rules rewritten,
+  the maps and sets are flushed and refilled, stale chains and affinity sets
+  go, and existing affinity sets (their dynamic client entries) stay;
 - `partial_text(...)`: for changed service ports only, their own chains,
   sets and map elements (kube-proxy's partial sync), plus the global sets.
 Both are pure; `proxy/nftables_kernel.py` feeds them to `nft -f -`.
+
+One deliberate difference from kube-proxy's text: the endpoint choice.
+kube-proxy writes `numgen random mod N vmap { 0 : goto endpoint-A, ... }`,
+an anonymous verdict map per service. The kernel names every anonymous set
+by scanning all sets of the table (nf_tables_set_alloc_name: an sscanf of
+each "__map%d" name), so a transaction creating one per service is
+quadratic in services: on kernel 6.18, `nft -f` of a full sync spent
+1.2 s of system time at 3k services, 31 s at 10k and 308 s at 30k, nearly
+all of it there (the same script with the maps replaced by plain gotos:
+0.2 s, 2.4 s, 7 s). netlab writes the same uniform choice without a set, as
+kube-proxy's iptables mode does with `-m statistic --probability`: endpoint
+i of N is taken by `numgen random mod (N-i) 0 goto endpoint-i` (probability
+1/(N-i) of what reaches it, so 1/N overall) and the last by a plain `goto`;
+a one-endpoint service is just `goto endpoint-...`.
 """
 
 from __future__ import annotations
@@ -91,6 +110,19 @@ def endpoint_base(spn: ServicePortName, ep: Endpoint) -> str:
 # -- per service port ---------------------------------------------------------------------------------
 
 
+def endpoint_choice(chains: list[str]) -> list[str]:
+    """Rules picking one of `chains` uniformly at random, without an anonymous set (see the module doc).
+
+    Rule i matches with probability 1/(N-i) among the packets that reach it,
+    so each of the N endpoints gets 1/N, as iptables mode's statistic ladder.
+    """
+    n = len(chains)
+    out = [f"numgen random mod {n - i} 0 goto {c}" for i, c in enumerate(chains[:-1])]
+    if chains:
+        out.append(f"goto {chains[-1]}")
+    return out
+
+
 @dataclass
 class ServiceRules:
     """Everything one service port owns in the table (what a partial sync may rewrite)."""
@@ -131,9 +163,7 @@ def service_rules(svc: ServicePort, eps: Iterable[Endpoint], node: NodeContext) 
         if svc.session_affinity_client_ip:
             for ep in targets:
                 rules.append(f"ip saddr @{aff_set(ep)} goto {ep_chain(ep)}")
-        if targets:
-            vm = ", ".join(f"{i} : goto {ep_chain(ep)}" for i, ep in enumerate(targets))
-            rules.append(f"numgen random mod {len(targets)} vmap {{ {vm} }}")
+        rules += endpoint_choice([ep_chain(ep) for ep in targets])
         return rules
 
     # Endpoint chains (every usable endpoint, for either traffic class).
@@ -274,35 +304,63 @@ def _chain_lines(name: str, rules: list[str]) -> list[str]:
     ]
 
 
-def full_text(state: ProxyState, service_cidr: str | None = None) -> Rendered:
-    """The whole table, replacing whatever is there, as one transaction.
+VERDICT_MAPS = (SERVICE_IPS, SERVICE_NODEPORTS, NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS, FIREWALL_IPS)
 
-    `add table` + `delete table` first: the delete cannot fail on a missing
-    table, and the kernel applies the script all or nothing.
+
+def full_text(state: ProxyState, service_cidr: str | None = None, applied: Applied | None = None) -> Rendered:
+    """The whole table as one transaction (kube-proxy's full sync).
+
+    `applied` is what the previous successful sync left in the kernel. Without
+    it the table is replaced: `add table` + `delete table` first (the delete
+    cannot fail on a missing table; the kernel applies the script all or
+    nothing). With it, as kube-proxy's full sync: every chain is added and
+    flushed before its rules are written, the verdict maps and address sets
+    are flushed and refilled, affinity sets are kept (a client's stickiness
+    survives the sync; one whose timeout changed is recreated), and what
+    `applied` had but `state` no longer needs is flushed, then deleted.
     """
-    lines = [f"add table {T}", f"delete table {T}"] + _base_text(state.node, service_cidr)
-    applied = Applied()
-    applied.cluster_ips, applied.nodeport_ips = _globals(state)
+    ensure = applied is not None
+    lines = [] if ensure else [f"add table {T}", f"delete table {T}"]
+    lines += _base_text(state.node, service_cidr)
+    if ensure:
+        lines += [f"flush map {T} {m}" for m in VERDICT_MAPS]
+        lines += [f"flush set {T} {s}" for s in (CLUSTER_IPS, NODEPORT_IPS)]
+    new = Applied()
+    new.cluster_ips, new.nodeport_ips = _globals(state)
     rules = chains = 0
     elems: dict[str, list[str]] = {}
+    add = lines.append
     for spn in sorted(state.services):
         sr = service_rules(state.services[spn], state.endpoints_of(spn), state.node)
-        applied.services[spn] = sr
+        new.services[spn] = sr
+        old_sets = applied.services[spn].sets if ensure and spn in applied.services else {}
+        for name in sr.chains:
+            add(f"add chain {T} {name}")
+            if ensure:
+                add(f"flush chain {T} {name}")
         for name, body in sr.sets.items():
-            lines.append(f"add set {T} {name} {{ {body} }}")
+            if name in old_sets and old_sets[name] != body:
+                add(f"delete set {T} {name}")  # its referring rules were flushed just above
+            add(f"add set {T} {name} {{ {body} }}")
         for name, body in sr.chains.items():
-            lines.append(f"add chain {T} {name}")
             lines += [f"add rule {T} {name} {r}" for r in body]
             rules += len(body)
             chains += 1
         for m, kv in sr.elements.items():
             elems.setdefault(m, []).extend(_elem(k, v) for k, v in kv.items())
     for m, items in sorted(elems.items()):
-        lines.append(f"add element {T} {m} {{ {', '.join(items)} }}")
-    for s, ips in ((CLUSTER_IPS, applied.cluster_ips), (NODEPORT_IPS, applied.nodeport_ips)):
+        add(f"add element {T} {m} {{ {', '.join(items)} }}")
+    for s_, ips in ((CLUSTER_IPS, new.cluster_ips), (NODEPORT_IPS, new.nodeport_ips)):
         if ips:
-            lines.append(f"add element {T} {s} {{ {', '.join(sorted(ips, key=_ip_key))} }}")
-    return Rendered("\n".join(lines) + "\n", applied, rules, chains, len(state.services))
+            add(f"add element {T} {s_} {{ {', '.join(sorted(ips, key=_ip_key))} }}")
+    if ensure:
+        want_chains = {c for sr in new.services.values() for c in sr.chains}
+        want_sets = {n for sr in new.services.values() for n in sr.sets}
+        stale = sorted({c for sr in applied.services.values() for c in sr.chains} - want_chains)
+        stale_sets = sorted({n for sr in applied.services.values() for n in sr.sets} - want_sets)
+        lines += [f"flush chain {T} {c}" for c in stale] + [f"delete chain {T} {c}" for c in stale]
+        lines += [f"delete set {T} {n}" for n in stale_sets]
+    return Rendered("\n".join(lines) + "\n", new, rules, chains, len(state.services))
 
 
 def partial_text(state: ProxyState, changed: Iterable[ServicePortName], applied: Applied) -> Rendered | None:

@@ -1,10 +1,12 @@
 """nftables mode, the kernel half: each sync is one `nft -f -` transaction in the node.
 
 kube-proxy's nftables proxier hands knftables one transaction per sync; the
-kernel applies it all or nothing. A full sync replaces the table; a partial
-sync (the loop passes the changed service ports) rewrites only their
+kernel applies it all or nothing. A full sync rewrites every chain, map and
+set (replacing the table when the backend does not know what is in it); a
+partial sync (the loop passes the changed service ports) rewrites only their
 chains and map elements, against what the last successful sync applied.
-A failed transaction leaves the old table intact and makes the next sync full.
+Nothing is read back from the kernel on a sync. A failed transaction leaves
+the old table intact and makes the next sync a replacing one.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ class NftablesBackend:
             r = partial_text(state, changed, self._applied)
         full = r is None
         if r is None:
-            r = full_text(state, self.service_cidr)
+            # With the last sync's record: kube-proxy's full sync over the live table (affinity
+            # sets kept). Without one (first sync, after a failure): the table is replaced.
+            r = full_text(state, self.service_cidr, self._applied)
         try:
             if r.text:
                 self._nft(r.text)

@@ -103,3 +103,39 @@ def test_walker_reads_the_kernels_listing_as_it_reads_the_transaction(nft):
         args = (TOPOLOGY.source_ip(flow.source), flow.dest_ip, flow.protocol, flow.dest_port)
         key = lambda outs: sorted((o.verdict, o.endpoint or "", o.masquerade) for o in outs)  # noqa: E731
         assert key(listed.trace(*args)) == key(scripted.trace(*args)), flow.name
+
+
+def test_full_sync_over_the_live_table_keeps_affinity_and_removes_stale_chains(nft):
+    """As kube-proxy's full sync: chains flushed and rewritten in place, affinity sets kept."""
+    from proxy.nftables import endpoint_base
+
+    where, backend = nft
+    state = flow_state()
+    backend.sync(state, None)
+    sticky = next(k for k in state.services if k.name == "sticky")
+    client = TOPOLOGY.source_ip("client")
+    flow = next(f for f in FLOWS if f.name == "session-affinity")
+    first = connect(where[flow.source], flow).pod
+    assert first in ("a1", "a2")
+    ep = next(e for e in state.endpoints_of(sticky) if e.ip == TOPOLOGY.pod(first).ip)
+    aff = f"affinity-{endpoint_base(sticky, ep)}"
+
+    def members() -> str:
+        p = netns.run_in(where[PROXY_NODE], ["nft", "list", "set", "ip", "kube-proxy", aff],
+                         capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    assert client in members()
+    fewer = _without_endpoint(state, "web", TOPOLOGY.pod("a2").ip)
+    try:
+        r = backend.sync(fewer, None)
+        assert r.full and "delete table" not in backend.last_text
+        assert client in members()  # the client's stickiness survived the full sync
+        assert {connect(where[flow.source], flow).pod for _ in range(5)} == {first}
+        web = next(k for k in state.services if k.name == "web")
+        gone = next(e for e in state.endpoints_of(web) if e.ip == TOPOLOGY.pod("a2").ip)
+        assert f"endpoint-{endpoint_base(web, gone)}" not in backend.ruleset()
+        assert {connect(where["client"], FLOWS[0]).pod for _ in range(10)} == {"a1"}
+    finally:
+        backend.sync(state, None)

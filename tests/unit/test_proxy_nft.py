@@ -72,7 +72,11 @@ def test_full_text_has_kube_proxys_structure():
     assert "add rule ip kube-proxy masquerading masquerade fully-random" in text
     web = hash_and_truncate("default/web/tcp/")
     assert f"10.96.0.10 . tcp . 80 : goto service-{web}" in text
-    assert f"add rule ip kube-proxy service-{web} numgen random mod 2 vmap {{ 0 : goto endpoint-" in text
+    # The endpoint choice: a numgen ladder (no anonymous set per service; see proxy/nftables.py).
+    a1, a2 = (hash_and_truncate(f"default/web/tcp/__{TOPOLOGY.pod(p).ip}/8080") for p in ("a1", "a2"))
+    assert (f"add rule ip kube-proxy service-{web} numgen random mod 2 0 goto endpoint-{a1}\n"
+            f"add rule ip kube-proxy service-{web} goto endpoint-{a2}\n") in text
+    assert "vmap {" not in text
     assert "10.96.0.20 . tcp . 80 : goto reject-chain" in text  # no endpoints: rejected
     assert "tcp . 30082 : drop" in text  # Local, none here: dropped
     assert "flags dynamic,timeout ; timeout 10800s" in text  # sticky's affinity sets
@@ -117,3 +121,72 @@ def test_affinity_timeout_change_needs_a_full_sync():
     s2 = ProxyState(services={n: ServicePort(n, cluster_ip="10.96.0.5", port=80, session_affinity_client_ip=True,
                                               sticky_max_age_seconds=120)}, endpoints=eps)
     assert partial_text(s2, {n}, full_text(s1).applied) is None
+
+
+def test_endpoint_choice_is_uniform_and_set_free():
+    from fractions import Fraction
+
+    from proxy.nftables import endpoint_choice
+
+    assert endpoint_choice([]) == []
+    assert endpoint_choice(["e0"]) == ["goto e0"]
+    for n in (2, 3, 5, 8):
+        rules = endpoint_choice([f"e{i}" for i in range(n)])
+        assert len(rules) == n and rules[-1] == f"goto e{n - 1}"
+        reach, got = Fraction(1), []
+        for r in rules[:-1]:
+            mod = int(r.split()[3])
+            assert r.split()[4] == "0" and "{" not in r
+            got.append(reach / mod)
+            reach -= reach / mod
+        got.append(reach)
+        assert got == [Fraction(1, n)] * n
+
+
+def _sticky_timeout(seconds):
+    def edit(services, slices):
+        for s in services:
+            if s["metadata"]["name"] == "sticky":
+                s["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] = seconds
+    return edit
+
+
+def test_full_sync_over_a_known_table_keeps_affinity_sets_and_drops_stale_chains():
+    """kube-proxy's full sync: no table replacement when the last sync is known."""
+    before = flow_state()
+    first = full_text(before, TOPOLOGY.service_cidr)
+    after = flow_state(_drop_endpoint)
+    r = full_text(after, TOPOLOGY.service_cidr, first.applied)
+    lines = r.text.splitlines()
+    assert "delete table ip kube-proxy" not in lines
+    assert "flush map ip kube-proxy service-ips" in lines and "flush set ip kube-proxy cluster-ips" in lines
+    web = hash_and_truncate("default/web/tcp/")
+    assert lines.index(f"add chain ip kube-proxy service-{web}") + 1 == lines.index(
+        f"flush chain ip kube-proxy service-{web}")
+    # The endpoint a2 of web is gone: its chain is flushed, then deleted, after everything else.
+    a2 = "endpoint-" + hash_and_truncate(f"default/web/tcp/__{TOPOLOGY.pod('a2').ip}/8080")
+    assert lines[-2:] == [f"flush chain ip kube-proxy {a2}", f"delete chain ip kube-proxy {a2}"]
+    # Affinity sets are added (kept if present), never deleted when unchanged.
+    assert not [l for l in lines if l.startswith("delete set")]
+    assert [l for l in lines if l.startswith("add set ip kube-proxy affinity-")]
+    # Walked on top of the first sync, it gives what a fresh table gives.
+    w = walker_for(first.text + r.text)
+    fresh = walker_for(full_text(after, TOPOLOGY.service_cidr).text)
+    for flow in FLOWS:
+        args = (TOPOLOGY.source_ip(flow.source), flow.dest_ip, flow.protocol, flow.dest_port)
+        key = lambda outs: sorted((o.verdict, o.endpoint or "", o.masquerade) for o in outs)  # noqa: E731
+        assert key(w.trace(*args)) == key(fresh.trace(*args)), flow.name
+
+
+def test_full_sync_recreates_an_affinity_set_whose_timeout_changed():
+    first = full_text(flow_state(), TOPOLOGY.service_cidr)
+    r = full_text(flow_state(_sticky_timeout(60)), TOPOLOGY.service_cidr, first.applied)
+    lines = r.text.splitlines()
+    deleted = [l.split()[-1] for l in lines if l.startswith("delete set")]
+    assert len(deleted) == 2  # sticky has two endpoints, one set each
+    for name in deleted:
+        i = lines.index(f"delete set ip kube-proxy {name}")
+        assert lines[i + 1] == f"add set ip kube-proxy {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout 60s ; }}"
+        users = [j for j, l in enumerate(lines) if f"@{name}" in l]
+        flushes = [j for j, l in enumerate(lines) if l.startswith("flush chain") and "sticky" in l]
+        assert users and min(users) > i and max(flushes) < i  # referring chains flushed before, rules after
