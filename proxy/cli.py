@@ -22,7 +22,7 @@ from proxy.backend import Backend
 from proxy.iptables import Options
 from proxy.iptables_apply import IptablesBackend, Runner
 from proxy.loop import ProxyLoop
-from proxy.model import NodeContext
+from proxy.model import NodeContext, check_ipvs_scheduler
 from proxy.server import serve
 from proxy.sources import DirSource, StoreSource
 
@@ -38,6 +38,16 @@ def duration(text: str) -> float:
     return float(t)
 
 
+def ipvs_scheduler(text: str) -> str:
+    """--ipvs-scheduler: one of kube-proxy's names; "" means the default, rr (as kube-proxy)."""
+    if text == "":
+        return text
+    try:
+        return check_ipvs_scheduler(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="netlab-proxy", description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
@@ -50,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--masquerade-all", action="store_true")
     ap.add_argument("--mode", default="iptables", help="iptables (this module), ipvs, nftables, userspace")
     ap.add_argument("--iptables", choices=("nft", "legacy"), default="nft", help="iptables backend binaries")
+    ap.add_argument("--ipvs-scheduler", type=ipvs_scheduler, default="", metavar="NAME",
+                    help="IPVS mode: the scheduler of every virtual server (rr, wrr, lc, wlc, lblc, lblcr, sh, dh, "
+                    "sed, nq; default rr); a Service's kube-router.io/service.scheduler annotation overrides it")
     ap.add_argument("--min-sync-period", type=duration, default=1.0)
     ap.add_argument("--sync-period", type=duration, default=30.0)
     ap.add_argument("--netns", help="program this named network namespace (default: the one we run in)")

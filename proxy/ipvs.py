@@ -27,11 +27,8 @@ from proxy.model import Endpoint, NodeContext, ProxyState, ServicePort, ServiceP
 
 DUMMY_DEVICE = "kube-ipvs0"  # as kube-proxy's defaultDummyDevice
 DEFAULT_SCHEDULER = "rr"  # as kube-proxy's defaultScheduler
-# The schedulers kube-proxy documents for --ipvs-scheduler (ip_vs_<name> kernel modules).
-SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh")
-# Per-service choice. kube-proxy has only the node-wide flag; netlab lets a Service
-# pick its own so a lab can compare schedulers side by side.
-SCHEDULER_ANNOTATION = "netlab.io/ipvs-scheduler"
+# The schedulers (proxy.model.IPVS_SCHEDULERS) come per lab from --ipvs-scheduler, as
+# kube-proxy's, or per Service from kube-router's annotation (ServicePort.ipvs_scheduler).
 
 # ip_vs flags (include/uapi/linux/ip_vs.h), as utilipvs.FlagPersistent / FlagHashed.
 FLAG_PERSISTENT = 0x0001
@@ -111,11 +108,21 @@ class VirtualServer:
 
 @dataclass(frozen=True, order=True)
 class RealServer:
-    """One IPVS destination, NAT forwarding ("Masq"), as utilipvs.RealServer."""
+    """One IPVS destination, NAT forwarding ("Masq"), as utilipvs.RealServer.
+
+    The connection counts are what the kernel reports (ipvsadm's ActiveConn
+    and InActConn); they are not part of a real server's identity.
+    """
 
     address: str
     port: int
     weight: int = 1
+    active_conns: int = field(default=0, compare=False)
+    inactive_conns: int = field(default=0, compare=False)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.address, self.port)
 
     def __str__(self) -> str:
         return f"{self.address}:{self.port}"
@@ -146,22 +153,20 @@ class IpvsPlan:
         self.ipsets.setdefault(info.name, set()).add(value)
 
 
-def plan(
-    state: ProxyState,
-    scheduler: str = DEFAULT_SCHEDULER,
-    service_schedulers: Mapping[tuple[str, str], str] | None = None,
-) -> IpvsPlan:
-    """The IPVS, address, ipset and iptables state for `state`, as syncProxyRules builds it."""
+def plan(state: ProxyState, scheduler: str = DEFAULT_SCHEDULER) -> IpvsPlan:
+    """The IPVS, address, ipset and iptables state for `state`, as syncProxyRules builds it.
+
+    `scheduler` is the node's (--ipvs-scheduler); a Service's annotation overrides it.
+    """
     node = state.node
     p = IpvsPlan()
-    per_service = service_schedulers or {}
     nodeport_ips = nodeport_addresses(node)
     for name in sorted(state.services):
         svc = state.services[name]
         if not svc.cluster_ip:
             continue
         proto = svc.protocol
-        sched = per_service.get(name.service, scheduler)
+        sched = svc.ipvs_scheduler or scheduler
         timeout = svc.sticky_max_age_seconds if svc.session_affinity_client_ip else 0
         cluster_eps, local_eps = categorize_endpoints(svc, state.endpoints_of(name))
 
@@ -222,6 +227,74 @@ def plan(
         p.entry(ipset.KUBE_IPVS_IPS, ip)
     p.iptables = iptables_text(node, p.nonempty_sets())
     return p
+
+
+# -- graceful termination (kube-proxy's pkg/proxy/ipvs/graceful_termination.go) -------------------
+
+# netlab's bound on draining: kube-proxy waits for the last connection however long it
+# lives; netlab deletes a draining real server after this long even if one remains. 900 s
+# is IPVS's own TCP established timeout (`ipvsadm --set`'s first value).
+GRACEFUL_TIMEOUT = 900.0
+
+
+def graceful_termination_needed(protocol: str) -> bool:
+    """utilipvs.IsRsGracefulTerminationNeeded: TCP drains; UDP and SCTP real servers are
+    deleted at once (their connections expire on their next packet: expire_nodest_conn=1)."""
+    return protocol.upper() not in ("UDP", "SCTP")
+
+
+@dataclass
+class RealServerChanges:
+    """What one virtual server's real servers need, and who is still draining afterwards."""
+
+    add: list[RealServer] = field(default_factory=list)
+    update: list[RealServer] = field(default_factory=list)  # to the wanted weight
+    quiesce: list[RealServer] = field(default_factory=list)  # weight 0: no new connections, old ones drain
+    delete: list[RealServer] = field(default_factory=list)
+    terminating: dict[tuple[str, int], float] = field(default_factory=dict)  # (address, port) -> since
+
+
+def diff_real_servers(
+    vs: VirtualServer,
+    want: Iterable[RealServer],
+    have: Iterable[RealServer],
+    terminating: Mapping[tuple[str, int], float],
+    now: float,
+    timeout: float = GRACEFUL_TIMEOUT,
+) -> RealServerChanges:
+    """syncEndpoint plus the graceful termination manager, for one virtual server.
+
+    `have` is the kernel's view (with connection counts); `terminating` the
+    real servers of `vs` draining since the given time (the manager's rsList).
+    A real server that goes away is deleted at once if it has no connections
+    (GracefulDeleteRS tries that first) or is UDP/SCTP; otherwise its weight
+    goes to 0 and it is deleted by a later sync, once its active and inactive
+    connections are gone (deleteRsFunc) or `timeout` seconds have passed.
+    One that comes back while draining gets its weight back in place
+    (kube-proxy deletes and re-adds it, which cuts the draining connections).
+    """
+    out = RealServerChanges()
+    want_by = {r.key: r for r in want}
+    have_by = {r.key: r for r in have}
+    graceful = graceful_termination_needed(vs.protocol)
+    for key, rs in sorted(want_by.items()):
+        cur = have_by.get(key)
+        if cur is None:
+            out.add.append(rs)
+        elif cur.weight != rs.weight:
+            out.update.append(rs)
+    for key, cur in sorted(have_by.items()):
+        if key in want_by:
+            continue
+        conns = cur.active_conns + cur.inactive_conns
+        since = terminating.get(key)
+        if not graceful or conns == 0 or (since is not None and now - since >= timeout):
+            out.delete.append(cur)
+            continue
+        if cur.weight != 0:
+            out.quiesce.append(RealServer(cur.address, cur.port, 0))
+        out.terminating[key] = now if since is None else since
+    return out
 
 
 def nodeport_addresses(node: NodeContext) -> list[str]:
@@ -383,23 +456,6 @@ def _table_lines(save: str, table: str) -> list[str]:
     return lines
 
 
-def schedulers_from_services(services: Iterable[Mapping]) -> dict[tuple[str, str], str]:
-    """Per-service schedulers from the netlab.io/ipvs-scheduler annotation; unknown names raise ValueError."""
-    out: dict[tuple[str, str], str] = {}
-    for svc in services:
-        meta = svc.get("metadata", {})
-        value = (meta.get("annotations") or {}).get(SCHEDULER_ANNOTATION)
-        if not value:
-            continue
-        if value not in SCHEDULERS:
-            raise ValueError(
-                f"Service {meta.get('namespace', 'default')}/{meta.get('name')}: annotation "
-                f"{SCHEDULER_ANNOTATION}={value!r} is not an IPVS scheduler (one of {', '.join(SCHEDULERS)})"
-            )
-        out[(meta.get("namespace", "default"), meta["name"])] = value
-    return out
-
-
 def own_netns(args) -> str:
     """The namespace to program: --netns, or the one we run in if it is a named one (/run/netns).
 
@@ -426,7 +482,7 @@ def own_netns(args) -> str:
 
 
 def make_backend(args):
-    """netlab-proxy --mode ipvs (proxy/cli.py's per-mode hook); --ipvs-scheduler where the CLI has it."""
+    """netlab-proxy --mode ipvs (proxy/cli.py's per-mode hook), with --ipvs-scheduler."""
     from proxy.ipvs_kernel import IpvsBackend
 
-    return IpvsBackend(own_netns(args), getattr(args, "ipvs_scheduler", None) or DEFAULT_SCHEDULER)
+    return IpvsBackend(own_netns(args), getattr(args, "ipvs_scheduler", "") or DEFAULT_SCHEDULER)

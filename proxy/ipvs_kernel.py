@@ -7,7 +7,9 @@ kube-proxy feeds them (`ipset restore`, `iptables-restore --noflush`).
 
 Each sync diffs against what the kernel has, as kube-proxy's syncService /
 syncEndpoint / cleanLegacyService: a virtual server is added, changed or
-deleted only when it differs; real servers likewise; addresses on
+deleted only when it differs; real servers likewise, except that one that
+goes away drains first (weight 0 until its connections are gone, then
+deleted by a later sync: kube-proxy's graceful termination); addresses on
 kube-ipvs0 are bound and unbound by difference; ipset entries by difference.
 
 pyroute2 0.9.7's IPVSService/IPVSDest helpers are bypassed for the
@@ -24,7 +26,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from netlab import netns
@@ -34,9 +36,11 @@ from proxy.ipvs import (
     DEFAULT_SCHEDULER,
     DUMMY_DEVICE,
     FLAG_PERSISTENT,
+    GRACEFUL_TIMEOUT,
     IpvsPlan,
     RealServer,
     VirtualServer,
+    diff_real_servers,
     iptables_text,
     missing_jumps,
     plan,
@@ -173,7 +177,9 @@ class KernelIpvs:
                            NLM_F_REQUEST | NLM_F_DUMP):
             d = m.get("IPVS_CMD_ATTR_DEST")
             out.add(RealServer(d.get("IPVS_DEST_ATTR_ADDR"), d.get("IPVS_DEST_ATTR_PORT"),
-                               d.get("IPVS_DEST_ATTR_WEIGHT")))
+                               d.get("IPVS_DEST_ATTR_WEIGHT"),
+                               active_conns=d.get("IPVS_DEST_ATTR_ACTIVE_CONNS") or 0,
+                               inactive_conns=d.get("IPVS_DEST_ATTR_INACT_CONNS") or 0))
         return out
 
     def table(self) -> dict[VirtualServer, set[RealServer]]:
@@ -242,6 +248,7 @@ class IpvsChanges:
     real_servers_added: int = 0
     real_servers_updated: int = 0
     real_servers_deleted: int = 0
+    real_servers_quiesced: int = 0  # weight set to 0, left to drain (graceful termination)
     addresses_bound: int = 0
     addresses_unbound: int = 0
     ipset_entries_changed: int = 0
@@ -251,8 +258,23 @@ class IpvsChanges:
         return sum(vars(self).values())
 
 
-def sync_ipvs_table(k: KernelIpvs, p: IpvsPlan, changes: IpvsChanges) -> None:
-    """Make the kernel's IPVS table equal the plan, touching only what differs."""
+def sync_ipvs_table(
+    k: KernelIpvs,
+    p: IpvsPlan,
+    changes: IpvsChanges,
+    terminating: Mapping[tuple[str, str, int], Mapping[tuple[str, int], float]] | None = None,
+    now: float = 0.0,
+    timeout: float = GRACEFUL_TIMEOUT,
+) -> dict[tuple[str, str, int], dict[tuple[str, int], float]]:
+    """Make the kernel's IPVS table equal the plan, touching only what differs.
+
+    Real servers that go away drain first (diff_real_servers); `terminating`
+    is who was draining after the last sync, and the return value who is
+    draining now. A virtual server that goes away is deleted at once, with
+    its real servers, as kube-proxy's cleanLegacyService.
+    """
+    terminating = terminating or {}
+    draining: dict[tuple[str, str, int], dict[tuple[str, int], float]] = {}
     current = k.services()
     for key, want in sorted(p.virtual_servers.items()):
         have = current.get(key)
@@ -265,25 +287,24 @@ def sync_ipvs_table(k: KernelIpvs, p: IpvsPlan, changes: IpvsChanges) -> None:
                 k.update_service(want)
                 changes.services_updated += 1
             have_rs = k.real_servers(want)
-        want_rs = p.real_servers[key]
-        have_by_ep = {(r.address, r.port): r for r in have_rs}
-        for rs in sorted(want_rs):
-            old = have_by_ep.get((rs.address, rs.port))
-            if old is None:
-                k.add_real_server(want, rs)
-                changes.real_servers_added += 1
-            elif old.weight != rs.weight:
-                k.update_real_server(want, rs)
-                changes.real_servers_updated += 1
-        want_eps = {(r.address, r.port) for r in want_rs}
-        for ep, rs in sorted(have_by_ep.items()):
-            if ep not in want_eps:
-                k.delete_real_server(want, rs)
-                changes.real_servers_deleted += 1
+        d = diff_real_servers(want, p.real_servers[key], have_rs, terminating.get(key, {}), now, timeout)
+        for rs in d.add:
+            k.add_real_server(want, rs)
+        for rs in d.update + d.quiesce:
+            k.update_real_server(want, rs)
+        for rs in d.delete:
+            k.delete_real_server(want, rs)
+        changes.real_servers_added += len(d.add)
+        changes.real_servers_updated += len(d.update)
+        changes.real_servers_quiesced += len(d.quiesce)
+        changes.real_servers_deleted += len(d.delete)
+        if d.terminating:
+            draining[key] = d.terminating
     for key, have in sorted(current.items()):
         if key not in p.virtual_servers:
             k.delete_service(have)
             changes.services_deleted += 1
+    return draining
 
 
 def _run(name: str, argv: list[str], text_in: str | None = None) -> subprocess.CompletedProcess:
@@ -306,11 +327,15 @@ class IpvsBackend:
         self,
         netns_name: str,
         scheduler: str = DEFAULT_SCHEDULER,
-        service_schedulers: dict[tuple[str, str], str] | None = None,
+        graceful_timeout: float = GRACEFUL_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.netns_name = netns_name
-        self.scheduler = scheduler
-        self.service_schedulers = dict(service_schedulers or {})
+        self.scheduler = scheduler  # --ipvs-scheduler; a Service's annotation overrides it
+        self.graceful_timeout = graceful_timeout
+        self.clock = clock
+        # The graceful termination list: virtual server -> real server -> draining since.
+        self.terminating: dict[tuple[str, str, int], dict[tuple[str, int], float]] = {}
         self.kernel = KernelIpvs(netns_name)
         self._initialized = False
         self.last_changes = IpvsChanges()
@@ -338,7 +363,7 @@ class IpvsBackend:
         t0 = time.perf_counter()
         if not self._initialized:
             self._init_node()
-        p = plan(state, self.scheduler, self.service_schedulers)
+        p = plan(state, self.scheduler)
         ch = IpvsChanges()
         try:
             # 1. ipsets first: the iptables rules reference every set.
@@ -351,7 +376,8 @@ class IpvsBackend:
             _checked(self.netns_name, ["iptables-restore", "--noflush"], rules)
             # 3. addresses on kube-ipvs0, then the IPVS table.
             self._sync_addresses(p.bound_addresses, ch)
-            sync_ipvs_table(self.kernel, p, ch)
+            self.terminating = sync_ipvs_table(self.kernel, p, ch, self.terminating, self.clock(),
+                                               self.graceful_timeout)
         except NetlinkError as e:
             raise SyncError(f"IPVS sync in {self.netns_name}: {e}") from e
         self.last_changes = ch
@@ -360,7 +386,8 @@ class IpvsBackend:
             rules=p.iptables.count("\n-A "),
             chains=p.iptables.count("\n:"),
             details={k: v for k, v in vars(ch).items()}
-            | {"virtual_servers": len(p.virtual_servers), "sync_ms": int((time.perf_counter() - t0) * 1000)},
+            | {"virtual_servers": len(p.virtual_servers), "sync_ms": int((time.perf_counter() - t0) * 1000),
+               "real_servers_terminating": sum(len(v) for v in self.terminating.values())},
         )
 
     def _sync_addresses(self, want: set[str], ch: IpvsChanges) -> None:
@@ -378,6 +405,7 @@ class IpvsBackend:
         """kube-proxy --cleanup for IPVS mode: IPVS table, kube-ipvs0, KUBE-* chains, ipsets."""
         with_netlink_errors_ignored(self.kernel.flush)
         self.kernel.close()
+        self.terminating = {}
         with netns.iproute(self.netns_name) as ipr:
             for idx in ipr.link_lookup(ifname=DUMMY_DEVICE):
                 ipr.link("del", index=idx)

@@ -31,6 +31,15 @@ MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 DEFAULT_STICKY_SECONDS = 10800  # v1.DefaultClientIPServiceAffinitySeconds
 MAX_STICKY_SECONDS = 86400  # v1.MaxClientIPServiceAffinitySeconds
 
+# IPVS schedulers: the names kube-proxy's config validation accepts for --ipvs-scheduler
+# (validateIPVSSchedulerMethod; "" there means the default, rr), each an ip_vs_<name> module.
+IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq")
+# A Service's own scheduler. kube-proxy has only the node-wide flag; kube-router, the other
+# IPVS service proxy, reads this annotation per Service (it knows rr, lc, dh, sh and mh and
+# falls back to rr on anything else). netlab takes kube-proxy's names from it and rejects
+# the rest with an error, as it does every invalid field.
+IPVS_SCHEDULER_ANNOTATION = "kube-router.io/service.scheduler"
+
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
@@ -80,6 +89,7 @@ class ServicePort:
     external_policy_local: bool = False  # externalTrafficPolicy: Local
     internal_policy_local: bool = False  # internalTrafficPolicy: Local
     health_check_node_port: int = 0
+    ipvs_scheduler: str = ""  # IPVS_SCHEDULER_ANNOTATION; "" means the proxy's --ipvs-scheduler
 
     @property
     def external_traffic(self) -> bool:
@@ -162,6 +172,7 @@ def service_ports(svc: Mapping[str, Any]) -> list[ServicePort]:
         i["ip"] for i in (svc.get("status", {}).get("loadBalancer", {}).get("ingress") or []) if i.get("ip")
     )
     affinity = spec.get("sessionAffinity") == "ClientIP"
+    scheduler = (meta.get("annotations") or {}).get(IPVS_SCHEDULER_ANNOTATION, "")
     timeout = 0
     if affinity:
         timeout = (
@@ -193,6 +204,7 @@ def service_ports(svc: Mapping[str, Any]) -> list[ServicePort]:
                 health_check_node_port=int(spec.get("healthCheckNodePort") or 0)
                 if typ == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local"
                 else 0,
+                ipvs_scheduler=scheduler,
             )
         )
     return out
@@ -299,6 +311,13 @@ def _kind_word(names: str) -> str:
     )
 
 
+def check_ipvs_scheduler(name: str) -> str:
+    """`name` if it is an IPVS scheduler kube-proxy accepts, else ValueError saying which ones are."""
+    if name not in IPVS_SCHEDULERS:
+        raise ValueError(f"unknown IPVS scheduler {name!r}: use one of {', '.join(IPVS_SCHEDULERS)}")
+    return name
+
+
 def _check_header(doc: Document, api_version: str, kind: str) -> tuple[str, str]:
     _need(doc, (), isinstance(doc.data, dict), f"expected a {kind} object (a mapping)")
     av = _get(doc, ("apiVersion",), str, required=True)
@@ -321,6 +340,9 @@ def _check_header(doc: Document, api_version: str, kind: str) -> tuple[str, str]
         _need(doc, ("metadata", "labels", k2), isinstance(v, str), f"label value must be a string, got {v!r}",
               "quote it in YAML")
         _check_label(doc, ("metadata", "labels", k2), k2, v)
+    for k2, v in _get(doc, ("metadata", "annotations"), dict, default={}).items():
+        _need(doc, ("metadata", "annotations", k2), isinstance(v, str),
+              f"annotation value must be a string, got {v!r}", "quote it in YAML")
     return ns, name
 
 
@@ -397,6 +419,13 @@ def validate_service(doc: Document) -> dict:
         "or '-', start with an alphabetic character, and end with an alphanumeric character",
         "e.g. 'my-name' or 'abc-123'",
     )
+    scheduler = (doc.data["metadata"].get("annotations") or {}).get(IPVS_SCHEDULER_ANNOTATION)
+    if scheduler is not None:
+        try:
+            check_ipvs_scheduler(scheduler)
+        except ValueError as e:
+            raise doc.error(("metadata", "annotations", IPVS_SCHEDULER_ANNOTATION), str(e),
+                            "or drop the annotation for the proxy's --ipvs-scheduler (default rr)") from None
     spec = _get(doc, ("spec",), dict, required=True)
     typ = _get(doc, ("spec", "type"), str, default="ClusterIP")
     _need(doc, ("spec", "type"), typ in SERVICE_TYPES, f"Unsupported value: {typ!r}",
@@ -576,6 +605,8 @@ def load_objects(docs: Iterable[Document]) -> tuple[list[dict], list[dict]]:
 
 
 __all__ = [
+    "IPVS_SCHEDULERS",
+    "IPVS_SCHEDULER_ANNOTATION",
     "Endpoint",
     "NodeContext",
     "ProxyState",
@@ -583,6 +614,7 @@ __all__ = [
     "ServicePortName",
     "SpecError",
     "build_state",
+    "check_ipvs_scheduler",
     "endpoints_for",
     "load_objects",
     "service_ports",

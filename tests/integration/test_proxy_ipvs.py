@@ -16,10 +16,10 @@ import pytest
 
 from netlab import netns
 from proxy import ipset
-from proxy.ipvs import DUMMY_DEVICE, plan
+from proxy.ipvs import DUMMY_DEVICE, GRACEFUL_TIMEOUT, plan
 from proxy.ipvs_kernel import IpvsBackend, KernelIpvs, ipvs_unavailable_reason
 from tests.helpers import unique
-from tests.vm.minilab import CLUSTER_IP, NODE_IP, UDP_CLUSTER_IP, MiniLab, mini_state
+from tests.vm.minilab import CLUSTER_IP, NODE_IP, NODE_PORT, UDP_CLUSTER_IP, MiniLab, mini_state
 
 
 @pytest.fixture(scope="module")
@@ -96,19 +96,81 @@ def test_resync_changes_only_what_differs(lab, backend):
     ch = backend.last_changes
     assert (ch.real_servers_deleted, ch.real_servers_added, ch.services_added, ch.services_deleted) == (4, 0, 0, 0)
     assert ch.ipset_entries_changed == 2  # web-0's KUBE-LOOP-BACK entries (tcp:8080 and udp:8080)
-    # A per-service scheduler (annotation) updates only that service's virtual servers in place.
-    backend.service_schedulers = {("default", "dns"): "sh"}
-    backend.sync(fewer, set(fewer.services))
+    # A Service's own scheduler (kube-router.io/service.scheduler) updates only its virtual server, in place.
+    dns = next(k for k in fewer.services if k.name == "dns")
+    hashed = _with_scheduler(fewer, dns, "sh")
+    backend.sync(hashed, {dns})
     assert backend.last_changes.services_updated == 1 and backend.last_changes.total == 1
-    assert f"UDP {UDP_CLUSTER_IP}:53 sh" in _ipvs_table(lab)
-    backend.service_schedulers = {}
+    table = _ipvs_table(lab)
+    assert f"UDP {UDP_CLUSTER_IP}:53 sh" in table and f"TCP {CLUSTER_IP}:80 rr" in table
+    # The lab's scheduler (--ipvs-scheduler) for every other Service; the annotation still wins.
+    backend.scheduler = "wlc"
+    try:
+        backend.sync(hashed, None)
+        table = _ipvs_table(lab)
+        assert f"UDP {UDP_CLUSTER_IP}:53 sh" in table
+        assert f"TCP {CLUSTER_IP}:80 wlc" in table and f"TCP {NODE_IP}:30080 wlc" in table
+    finally:
+        backend.scheduler = "rr"
     backend.sync(state, None)
     assert backend.last_changes.real_servers_added == 4
 
 
+def _with_scheduler(state, name, scheduler):
+    from dataclasses import replace
+
+    from proxy.model import ProxyState
+
+    services = dict(state.services)
+    services[name] = replace(services[name], ipvs_scheduler=scheduler)
+    return ProxyState(node=state.node, services=services, endpoints=state.endpoints)
+
+
+def test_graceful_termination_drains_a_removed_endpoint(lab, backend):
+    """kube-proxy's graceful termination: weight 0 while the kernel counts connections, deleted later."""
+    state = mini_state(lab)
+    backend.sync(state, None)
+    web0 = (lab.pods["web-0"], 8080)
+    for _ in range(6):  # round-robin: web-0 within a few connections
+        r = lab.request(lab.pod_ns("client"), CLUSTER_IP, 80)
+        if r and r[0] == "web-0":
+            break
+    else:
+        pytest.fail("web-0 never answered through the ClusterIP")
+
+    def dests(address: str, proto: str, port: int) -> dict:
+        k = KernelIpvs(lab.node)
+        try:
+            vs = k.services()[(address, proto, port)]
+            return {r.key: r for r in k.real_servers(vs)}
+        finally:
+            k.close()
+
+    rs = dests(CLUSTER_IP, "TCP", 80)[web0]
+    assert rs.active_conns + rs.inactive_conns > 0, rs  # what ipvsadm shows as ActiveConn/InActConn
+    fewer = mini_state(lab, endpoints=("web-1",))
+    try:
+        backend.sync(fewer, set(fewer.services))
+        assert backend.last_changes.real_servers_quiesced == 1
+        assert dests(CLUSTER_IP, "TCP", 80)[web0].weight == 0  # still there, draining
+        assert web0 not in dests(NODE_IP, "TCP", NODE_PORT)  # no connections: deleted at once
+        assert web0 not in dests(UDP_CLUSTER_IP, "UDP", 53)  # UDP: no graceful termination
+        assert set(lab.reach(lab.pod_ns("client"), CLUSTER_IP, 80, tries=4)) == {"web-1"}
+        backend.sync(fewer, set())  # a later sync, connections still counted: it stays
+        assert dests(CLUSTER_IP, "TCP", 80)[web0].weight == 0
+        assert (backend.last_changes.real_servers_deleted, backend.last_changes.real_servers_quiesced) == (0, 0)
+        backend.graceful_timeout = 0.0  # past the drain bound: the next sync deletes it
+        backend.sync(fewer, set())
+        assert web0 not in dests(CLUSTER_IP, "TCP", 80) and backend.terminating == {}
+    finally:
+        backend.graceful_timeout = GRACEFUL_TIMEOUT
+        backend.sync(state, None)
+
+
 def test_schedulers_load(lab):
     """Every scheduler kube-proxy documents is accepted by the kernel (ip_vs_<name> modules)."""
-    from proxy.ipvs import SCHEDULERS, VirtualServer
+    from proxy.ipvs import VirtualServer
+    from proxy.model import IPVS_SCHEDULERS as SCHEDULERS
 
     k = KernelIpvs(lab.node)
     try:

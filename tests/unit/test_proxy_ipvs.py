@@ -1,17 +1,16 @@
-"""IPVS mode's pure half: the plan, the ipset restore text, the iptables text."""
+"""IPVS mode's pure half: the plan, the ipset restore text, the iptables text, the sync's diff and draining."""
 
 from __future__ import annotations
-
-import pytest
 
 from proxy import ipset
 from proxy.ipvs import (
     IPSET_RULES,
+    RealServer,
+    VirtualServer,
     categorize_endpoints,
     iptables_text,
     missing_jumps,
     plan,
-    schedulers_from_services,
     sysctls_for_kernel,
 )
 from proxy.model import Endpoint, NodeContext, ProxyState, ServicePort, ServicePortName
@@ -51,13 +50,13 @@ def test_virtual_servers_real_servers_and_bound_addresses():
 
 def test_affinity_scheduler_and_local_policy():
     p = plan(state(session_affinity_client_ip=True, sticky_max_age_seconds=600, external_policy_local=True),
-             scheduler="wlc", service_schedulers={("default", "other"): "sh"})
+             scheduler="wlc")
     cip = p.virtual_servers[("10.96.0.10", "TCP", 80)]
     assert (cip.scheduler, cip.persistent_timeout) == ("wlc", 600)
     np_rs = p.real_servers[("192.168.1.10", "TCP", 30080)]
     assert sorted(map(str, np_rs)) == ["10.244.1.5:8080"]  # Local: only this node's endpoint
     assert p.ipsets["KUBE-NODE-PORT-LOCAL-TCP"] == {"30080"}
-    p2 = plan(state(), service_schedulers={("default", "web"): "sh"})
+    p2 = plan(state(ipvs_scheduler="sh"), scheduler="wlc")  # the Service's annotation wins over the flag
     assert {vs.scheduler for vs in p2.virtual_servers.values()} == {"sh"}
 
 
@@ -142,9 +141,182 @@ def test_conn_reuse_mode_only_where_kube_proxy_sets_it():
     assert ("net.ipv4.vs.conntrack", "1") in sysctls_for_kernel("6.1.0-26-amd64")
 
 
-def test_scheduler_annotation():
-    svcs = [{"metadata": {"name": "a", "namespace": "x", "annotations": {"netlab.io/ipvs-scheduler": "sh"}}},
-            {"metadata": {"name": "b"}}]
-    assert schedulers_from_services(svcs) == {("x", "a"): "sh"}
-    with pytest.raises(ValueError, match="not an IPVS scheduler"):
-        schedulers_from_services([{"metadata": {"name": "c", "annotations": {"netlab.io/ipvs-scheduler": "fast"}}}])
+def test_scheduler_per_lab_and_per_service_from_the_objects():
+    from netlab.spec.source import load_text
+    from proxy.model import build_state, load_objects
+
+    text = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: hashed
+  annotations: {kube-router.io/service.scheduler: sh}
+spec:
+  clusterIP: 10.96.0.21
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.22
+  ports: [{port: 80, nodePort: 30022}]
+"""
+    st = build_state(*load_objects(load_text(text, "s.yaml")), NODE)
+    by_addr = {(vs.address, vs.port): vs.scheduler for vs in plan(st, scheduler="lc").virtual_servers.values()}
+    assert by_addr == {("10.96.0.21", 80): "sh", ("10.96.0.22", 80): "lc", ("192.168.1.10", 30022): "lc"}
+    assert {vs.scheduler for vs in plan(st).virtual_servers.values()} == {"sh", "rr"}
+
+
+# -- the sync against a kernel: a fake one with ipvsadm's counters -----------------------------------
+
+
+class FakeIpvs:
+    """KernelIpvs's interface over dicts; `conns` sets what the kernel would count per real server."""
+
+    def __init__(self) -> None:
+        self.table: dict[tuple, VirtualServer] = {}
+        self.dests: dict[tuple, dict[tuple[str, int], RealServer]] = {}
+        self.conns: dict[tuple[str, int], tuple[int, int]] = {}  # (address, port) -> (active, inactive)
+        self.calls: list[str] = []
+
+    def services(self):
+        return dict(self.table)
+
+    def real_servers(self, vs):
+        return {RealServer(r.address, r.port, r.weight, *self.conns.get(r.key, (0, 0)))
+                for r in self.dests[vs.key].values()}
+
+    def add_service(self, vs):
+        self.calls.append(f"add-vs {vs}")
+        self.table[vs.key], self.dests[vs.key] = vs, {}
+
+    def update_service(self, vs):
+        self.calls.append(f"update-vs {vs}")
+        self.table[vs.key] = vs
+
+    def delete_service(self, vs):
+        self.calls.append(f"delete-vs {vs}")
+        del self.table[vs.key], self.dests[vs.key]
+
+    def add_real_server(self, vs, rs):
+        self.calls.append(f"add-rs {vs.address}:{vs.port} {rs} w{rs.weight}")
+        self.dests[vs.key][rs.key] = RealServer(rs.address, rs.port, rs.weight)
+
+    def update_real_server(self, vs, rs):
+        self.calls.append(f"update-rs {vs.address}:{vs.port} {rs} w{rs.weight}")
+        self.dests[vs.key][rs.key] = RealServer(rs.address, rs.port, rs.weight)
+
+    def delete_real_server(self, vs, rs):
+        self.calls.append(f"delete-rs {vs.address}:{vs.port} {rs}")
+        del self.dests[vs.key][rs.key]
+
+    def weights(self, vs_key) -> dict[str, int]:
+        return {f"{a}:{p}": r.weight for (a, p), r in self.dests[vs_key].items()}
+
+
+def _sync(k: FakeIpvs, st: ProxyState, terminating=None, now=0.0, timeout=900.0, scheduler="rr"):
+    from proxy.ipvs_kernel import IpvsChanges, sync_ipvs_table
+
+    ch = IpvsChanges()
+    k.calls.clear()
+    return sync_ipvs_table(k, plan(st, scheduler), ch, terminating, now, timeout), ch
+
+
+def test_a_scheduler_change_updates_only_that_services_virtual_servers_in_place():
+    k = FakeIpvs()
+    _sync(k, state())
+    _, ch = _sync(k, state())
+    assert ch.total == 0 and k.calls == []
+    _, ch = _sync(k, state(ipvs_scheduler="sh"))
+    assert sorted(k.calls) == ["update-vs TCP 10.96.0.10:80 sh", "update-vs TCP 192.168.1.10:30080 sh"]
+    assert ch.services_updated == 2 and ch.total == 2
+    _, ch = _sync(k, state(), scheduler="sed")  # the flag, once the annotation is gone
+    assert {vs.scheduler for vs in k.table.values()} == {"sed"} and ch.services_updated == 2
+
+
+def _without(st: ProxyState, ip: str) -> ProxyState:
+    return ProxyState(node=st.node, services=st.services,
+                      endpoints={k: tuple(e for e in v if e.ip != ip) for k, v in st.endpoints.items()})
+
+
+CIP = ("10.96.0.10", "TCP", 80)
+NP = ("192.168.1.10", "TCP", 30080)
+
+
+def test_graceful_termination_drains_then_deletes_in_a_later_sync():
+    """graceful_termination.go: weight 0 while connections remain, deleted once they are gone."""
+    k = FakeIpvs()
+    term, _ = _sync(k, state())
+    assert term == {}
+    k.conns[("10.244.2.5", 8080)] = (1, 3)  # a live connection and three closing ones
+    fewer = _without(state(), "10.244.2.5")
+    term, ch = _sync(k, fewer, term, now=100.0)
+    assert k.weights(CIP) == {"10.244.1.5:8080": 1, "10.244.2.5:8080": 0}  # drains: no new connections
+    assert term == {CIP: {("10.244.2.5", 8080): 100.0}, NP: {("10.244.2.5", 8080): 100.0}}
+    assert (ch.real_servers_quiesced, ch.real_servers_deleted) == (2, 0)
+    # A later sync, connections still there: nothing is written.
+    term, ch = _sync(k, fewer, term, now=160.0)
+    assert k.calls == [] and term[CIP] == {("10.244.2.5", 8080): 100.0}
+    # They are gone: the next sync deletes it.
+    k.conns[("10.244.2.5", 8080)] = (0, 0)
+    term, ch = _sync(k, fewer, term, now=220.0)
+    assert sorted(k.calls) == ["delete-rs 10.96.0.10:80 10.244.2.5:8080", "delete-rs 192.168.1.10:30080 10.244.2.5:8080"]
+    assert term == {} and k.weights(CIP) == {"10.244.1.5:8080": 1}
+
+
+def test_graceful_termination_gives_up_after_the_timeout():
+    k = FakeIpvs()
+    term, _ = _sync(k, state())
+    k.conns[("10.244.2.5", 8080)] = (1, 0)
+    fewer = _without(state(), "10.244.2.5")
+    term, _ = _sync(k, fewer, term, now=10.0, timeout=60.0)
+    term, _ = _sync(k, fewer, term, now=69.0, timeout=60.0)
+    assert k.calls == [] and term
+    term, ch = _sync(k, fewer, term, now=70.0, timeout=60.0)
+    assert ch.real_servers_deleted == 2 and term == {}
+
+
+def test_no_draining_without_connections_or_for_udp():
+    k = FakeIpvs()
+    _sync(k, state())
+    term, ch = _sync(k, _without(state(), "10.244.2.5"))  # no connections: deleted at once
+    assert (ch.real_servers_deleted, ch.real_servers_quiesced, term) == (2, 0, {})
+    udp = state(protocol="UDP")
+    k = FakeIpvs()
+    _sync(k, udp)
+    k.conns[("10.244.2.5", 8080)] = (0, 5)
+    term, ch = _sync(k, _without(udp, "10.244.2.5"))  # UDP: no graceful termination, as kube-proxy
+    assert (ch.real_servers_deleted, term) == (2, {})
+
+
+def test_an_endpoint_that_comes_back_while_draining_gets_its_weight_back():
+    k = FakeIpvs()
+    term, _ = _sync(k, state())
+    k.conns[("10.244.2.5", 8080)] = (2, 0)
+    term, _ = _sync(k, _without(state(), "10.244.2.5"), term, now=5.0)
+    assert k.weights(CIP)["10.244.2.5:8080"] == 0
+    term, ch = _sync(k, state(), term, now=6.0)
+    assert k.weights(CIP)["10.244.2.5:8080"] == 1 and term == {}
+    assert (ch.real_servers_updated, ch.real_servers_added, ch.real_servers_deleted) == (2, 0, 0)
+
+
+def test_a_virtual_server_that_goes_away_goes_at_once_with_its_draining_real_servers():
+    k = FakeIpvs()
+    term, _ = _sync(k, state())
+    k.conns[("10.244.2.5", 8080)] = (1, 0)
+    term, _ = _sync(k, _without(state(), "10.244.2.5"), term, now=1.0)
+    empty = ProxyState(node=NODE)
+    term, ch = _sync(k, empty, term, now=2.0)
+    assert k.table == {} and term == {} and ch.services_deleted == 2
+
+
+def test_draining_after_a_restart_starts_from_the_kernels_weight_0():
+    """A new proxy (empty list) finds a weight-0 real server with connections: it keeps draining it."""
+    k = FakeIpvs()
+    _sync(k, state())
+    k.conns[("10.244.2.5", 8080)] = (1, 0)
+    _sync(k, _without(state(), "10.244.2.5"), now=1.0)
+    term, ch = _sync(k, _without(state(), "10.244.2.5"), None, now=500.0)
+    assert k.calls == [] and term[CIP] == {("10.244.2.5", 8080): 500.0}

@@ -146,3 +146,43 @@ def test_wrong_api_version_is_named():
     doc = load_text("apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: s}\n", "e.yaml")[0]
     with pytest.raises(SpecError, match="unsupported apiVersion 'discovery.k8s.io/v1beta1'.*use discovery.k8s.io/v1"):
         validate_endpointslice(doc)
+
+
+def test_ipvs_scheduler_annotation_reaches_every_port_of_the_service():
+    text = SVC.replace("metadata: {name: web, namespace: default}",
+                       "metadata:\n  name: web\n  annotations: {kube-router.io/service.scheduler: sh}")
+    services, slices = load_objects(load_text(text, "s.yaml"))
+    st = build_state(services, slices, NodeContext())
+    assert {sp.ipvs_scheduler for sp in st.services.values()} == {"sh"}
+    plain = build_state(*load_objects(load_text(SVC, "s.yaml")), NodeContext())
+    assert {sp.ipvs_scheduler for sp in plain.services.values()} == {""}
+
+
+@pytest.mark.parametrize(
+    "annotations, expected",
+    [
+        ("{kube-router.io/service.scheduler: fastest}",
+         "a.yaml:4: metadata.annotations.kube-router.io/service.scheduler: unknown IPVS scheduler 'fastest': "
+         "use one of rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq (or drop the annotation"),
+        ("{kube-router.io/service.scheduler: RR}", "a.yaml:4: metadata.annotations.kube-router.io/service.scheduler: "
+         "unknown IPVS scheduler 'RR'"),
+        ("{example.com/replicas: 3}", "a.yaml:4: metadata.annotations.example.com/replicas: annotation value must "
+         "be a string, got 3 (quote it in YAML)"),
+    ],
+)
+def test_bad_ipvs_scheduler_annotation_is_rejected(annotations, expected):
+    doc = load_text("apiVersion: v1\nkind: Service\nmetadata:\n"
+                    f"  annotations: {annotations}\n  name: web\nspec:\n  ports: [{{port: 80}}]\n", "a.yaml")[0]
+    with pytest.raises(SpecError) as e:
+        validate_service(doc)
+    assert str(e.value).startswith(expected), str(e.value)
+
+
+def test_check_ipvs_scheduler_names_kube_proxys_schedulers():
+    from proxy.model import IPVS_SCHEDULERS, check_ipvs_scheduler
+
+    for name in ("rr", "wrr", "lc", "wlc", "dh", "sh", "sed", "nq"):
+        assert name in IPVS_SCHEDULERS and check_ipvs_scheduler(name) == name
+    for bad in ("", "mh", "round-robin"):
+        with pytest.raises(ValueError, match="unknown IPVS scheduler"):
+            check_ipvs_scheduler(bad)
