@@ -150,7 +150,6 @@ def service_rules(svc: ServicePort, eps: Iterable[Endpoint], node: NodeContext) 
     cluster_eps, local_eps = categorize_endpoints(svc, all_eps)
     internal_eps = local_eps if svc.internal_policy_local else cluster_eps
     external_eps = local_eps if svc.external_policy_local else cluster_eps
-    comment = f'"{spn}"'
 
     def ep_chain(ep: Endpoint) -> str:
         return f"endpoint-{endpoint_base(spn, ep)}"
