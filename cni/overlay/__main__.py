@@ -6,6 +6,8 @@ Usage (the lab starts one per node, inside the node's namespace)::
                           [--iface eth0] [--node-ip IP] [--netns NAME]
                           [--resync 5] [--poll 0.1] [--lease-ttl 86400]
                           [--ip-masq | --no-ip-masq]
+                          [--iptables-forward-rules | --no-iptables-forward-rules]
+                          [--iptables auto|nft|legacy]
 
 --store        the cluster store: ``sqlite:///run/netlab/<lab>/store.db`` (or a
                path) or ``etcd://127.0.0.1:2379`` (``?netns=NAME`` opens the
@@ -21,7 +23,14 @@ Usage (the lab starts one per node, inside the node's namespace)::
 --resync       seconds between full converges (restores deleted kernel state)
 --poll         seconds between store polls for lease events
 --lease-ttl    the lease's TTL in seconds (flannel: 24 h)
---ip-masq      FLANNEL_IPMASQ in subnet.env (default true: the lab masquerades)
+--ip-masq      masquerade pod traffic leaving the pod network (chain FLANNEL-POSTRTG
+               in nat POSTROUTING) and say so in subnet.env (FLANNEL_IPMASQ), so the
+               CNI plugin does not masquerade as well; default on, as kube-flannel runs it
+--iptables-forward-rules
+               accept forwarding to and from the pod network (FLANNEL-FWD in filter
+               FORWARD); default on, as flanneld's
+--iptables     the iptables binaries: nft, legacy, or auto (default: `iptables` as
+               installed, nft on Debian 12); use the one the node's kube-proxy uses
 
 Exits 0 on SIGTERM/SIGINT leaving lease and kernel state as they are (a
 restart then changes nothing); exits 2 for a bad net-conf.json, 1 for other
@@ -41,7 +50,7 @@ from netlab.errors import SpecError
 from netlab.store import open_store
 
 from .agent import Agent, AgentOptions, configure_logging
-from .kernel import Kernel
+from .kernel import IPTABLES_BINARIES, Iptables, Kernel
 from .lease import LEASE_TTL, LeaseError
 
 log = logging.getLogger("cni.overlay")
@@ -59,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--poll", type=float, default=0.1)
     p.add_argument("--lease-ttl", type=float, default=LEASE_TTL)
     p.add_argument("--ip-masq", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--iptables-forward-rules", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--iptables", choices=sorted(IPTABLES_BINARIES), default="auto")
     return p.parse_args(argv)
 
 
@@ -71,14 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     opts = AgentOptions(
         node=args.node, subnet_file=args.subnet_file, iface=args.iface, node_ip=args.node_ip,
         resync=args.resync, poll=args.poll, lease_ttl=args.lease_ttl, ip_masq=args.ip_masq,
+        forward_rules=args.iptables_forward_rules,
     )
     if args.netns and not netns.exists(args.netns):
         print(f"cni.overlay: namespace {args.netns} does not exist", file=sys.stderr)
         return 1
     try:
         store = open_store(args.store)
+        iptables = Iptables(args.netns, args.iptables)
         with Kernel(args.netns) as kernel:
-            Agent(opts, store, kernel).run(stop)
+            Agent(opts, store, kernel, iptables).run(stop)
     except SpecError as e:
         print(f"cni.overlay: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,12 @@ lease, write subnet.env, program the backend. Then converge forever:
 - every `resync` seconds it converges anyway, which restores a flannel.1,
   route, neighbour or FDB entry that someone deleted behind its back
   (flannel's hostgw routeCheck loop, generalised);
-- the lease is renewed before its TTL runs out (flannel's LeaseRenewer).
+- the lease is renewed before its TTL runs out (flannel's LeaseRenewer);
+- flanneld's iptables chains (FLANNEL-POSTRTG for --ip-masq, FLANNEL-FWD
+  for --iptables-forward-rules) are ensured at start-up, after a new lease
+  and at every resync, as flannel's setupAndEnsureIPTables loop does; they
+  depend on the network and the node's own subnet only, so lease events
+  of other nodes do not wait for them.
 
 Converging is always the same pure step: leases → plan.desired → diff
 against kernel.observe → kernel.apply. A restarted agent therefore changes
@@ -31,8 +36,8 @@ from ipaddress import IPv4Interface
 from netlab.store import FLANNEL_CONFIG, FLANNEL_SUBNETS, Compacted, Store
 
 from . import lease as leases
-from . import netconf, plan
-from .kernel import Kernel
+from . import masq, netconf, plan
+from .kernel import Iptables, Kernel
 from .subnet_file import read_subnet, write_subnet_env
 
 log = logging.getLogger("cni.overlay")
@@ -48,6 +53,7 @@ class AgentOptions:
     poll: float = 0.1
     lease_ttl: float = leases.LEASE_TTL
     ip_masq: bool = True
+    forward_rules: bool = True  # flanneld --iptables-forward-rules
 
 
 @dataclass
@@ -60,13 +66,15 @@ class Status:
     applied: int = 0  # how many converges changed the kernel
     acquired: int = 0  # lease acquisitions (1 + re-acquisitions after a lost lease)
     renewed: int = 0
+    rules_applied: int = 0  # iptables-restore runs that changed flannel's chains
 
 
 class Agent:
-    def __init__(self, opts: AgentOptions, store: Store, kernel: Kernel) -> None:
+    def __init__(self, opts: AgentOptions, store: Store, kernel: Kernel, iptables: Iptables | None = None) -> None:
         self.opts = opts
         self.store = store
         self.kernel = kernel
+        self.iptables = iptables  # None: leave iptables alone (flannel's chains are neither made nor removed)
         self.status = Status()
         self.conf: netconf.NetConf | None = None
         self.node: plan.Node | None = None
@@ -116,6 +124,7 @@ class Agent:
             self.conf.mtu(self.node.uplink_mtu), self.opts.ip_masq,
         )
         log.info("lease %s (PublicIP %s, %s)", lease.subnet, lease.public_ip, lease.backend_type)
+        self.ensure_rules()
         return lease
 
     def _schedule_renew(self) -> None:
@@ -140,6 +149,20 @@ class Agent:
             log.info("applied: %s", changes.summary())
         self.status.converged_at = time.monotonic()
         return changes
+
+    def ensure_rules(self) -> str | None:
+        """flannel's FLANNEL-POSTRTG / FLANNEL-FWD for the current lease; the restore text applied, if any."""
+        if self.iptables is None:
+            return None
+        assert self.conf and self.status.lease
+        want = masq.desired(self.conf.network, self.status.lease.subnet, self.opts.ip_masq, self.opts.forward_rules)
+        text = masq.restore_text(want, masq.parse_save(self.iptables.save()))
+        if text:
+            self.iptables.restore(text)
+            self.status.rules_applied += 1
+            log.info("iptables: %s", ", ".join(
+                f"{c} {'ensured' if r else 'removed'}" for c, r in want.items()))
+        return text
 
     def run(self, stop: threading.Event) -> None:
         """Start up, then watch and converge until `stop` is set."""
@@ -186,6 +209,8 @@ class Agent:
             self._schedule_renew()
         if dirty or now >= self._next_resync:
             self.converge()
+            if now >= self._next_resync:
+                self.ensure_rules()
             self._next_resync = time.monotonic() + self.opts.resync
         return dirty
 

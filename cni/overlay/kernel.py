@@ -204,3 +204,60 @@ class Kernel:
         except NetlinkError as e:
             if e.code not in _GONE:
                 raise
+
+
+# iptables binaries per backend: "auto" is whatever `iptables` is on this system
+# (Debian 12: iptables-nft), as flannel's image picks through iptables-wrapper.
+IPTABLES_BINARIES = {
+    "auto": ("iptables-restore", "iptables-save"),
+    "nft": ("iptables-nft-restore", "iptables-nft-save"),
+    "legacy": ("iptables-legacy-restore", "iptables-legacy-save"),
+}
+
+
+class Iptables:
+    """flanneld's iptables rules in one node namespace: `iptables-save` to observe, one restore to apply.
+
+    Refuses to touch the host's root namespace: with no namespace named, the
+    process must already be inside a named one (/run/netns/*, as netlab and
+    its test beds make them). Positive identification, as the proxy does:
+    where PID 1's namespace cannot be read, "not the host's" cannot be told.
+    """
+
+    def __init__(self, namespace: str | None = None, backend: str = "auto") -> None:
+        if backend not in IPTABLES_BINARIES:
+            raise ValueError(f"unknown iptables backend {backend!r}: use {', '.join(IPTABLES_BINARIES)}")
+        if namespace is None and not _in_named_namespace():
+            raise RuntimeError("refusing to program iptables in the host's root namespace: run inside a node namespace")
+        self.namespace = namespace
+        self.backend = backend
+        self.restore_bin, self.save_bin = IPTABLES_BINARIES[backend]
+
+    def _run(self, argv: list[str], stdin: str | None = None) -> str:
+        import subprocess
+
+        kwargs = dict(input=stdin, capture_output=True, text=True, timeout=30)
+        p = netns.run_in(self.namespace, argv, **kwargs) if self.namespace else subprocess.run(argv, **kwargs)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed (exit {p.returncode}): {p.stderr.strip()}")
+        return p.stdout
+
+    def save(self) -> str:
+        return self._run([self.save_bin])
+
+    def restore(self, text: str) -> None:
+        self._run([self.restore_bin, "-w", "--noflush"], stdin=text)
+
+
+def _in_named_namespace() -> bool:
+    """Whether this thread's network namespace is one bind-mounted under /run/netns."""
+    import os
+
+    mine = os.stat("/proc/thread-self/ns/net").st_ino
+    for name in netns.list_names():
+        try:
+            if netns.inode(name) == mine:
+                return True
+        except OSError:
+            continue
+    return False
