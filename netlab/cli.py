@@ -121,11 +121,16 @@ def down(lab_name: str | None) -> None:
 
 
 @cli.command()
-def cleanup() -> None:
-    """Remove every object any netlab lab made on this machine, and nothing else."""
+@click.argument("lab_name", required=False, metavar="[LAB]")
+def cleanup(lab_name: str | None) -> None:
+    """Remove every object any netlab lab made on this machine (or only LAB's), and nothing else.
+
+    Labs are found by their namespaces (netlab.LAB) and state dirs
+    (/run/netlab/LAB/); only their processes are ended.
+    """
     from netlab import lab
 
-    out = lab.cleanup()
+    out = lab.cleanup(lab_name)
     if not out:
         click.echo("nothing to clean up")
     for name, removed in out.items():
@@ -179,7 +184,7 @@ def exec_(lab_name: str | None, target: str, command: tuple[str, ...]) -> None:
 @click.option("-l", "--lab", "lab_name", help="The lab (default: the only one).")
 @click.option("-f", "--filename", "files", multiple=True, required=True, type=click.Path(dir_okay=False))
 def apply(lab_name: str | None, files: tuple[str, ...]) -> None:
-    """Create or update Pods, Services and EndpointSlices in a running lab."""
+    """Create or update Nodes, Pods, Services and EndpointSlices in a running lab."""
     from netlab import lab
 
     changes = lab.apply(lab_name, list(files))
@@ -189,12 +194,52 @@ def apply(lab_name: str | None, files: tuple[str, ...]) -> None:
 @cli.command()
 @click.option("-l", "--lab", "lab_name", help="The lab (default: the only one).")
 @click.option("-f", "--filename", "files", multiple=True, required=True, type=click.Path(dir_okay=False))
-def delete(lab_name: str | None, files: tuple[str, ...]) -> None:
-    """Delete the Pods, Services and EndpointSlices named in FILE from a running lab."""
+@click.option("--force", is_flag=True, help="Delete a Node's pods with it (else a Node with pods is refused).")
+def delete(lab_name: str | None, files: tuple[str, ...], force: bool) -> None:
+    """Delete the Nodes, Pods, Services and EndpointSlices named in FILE from a running lab."""
     from netlab import lab
 
-    removed = lab.delete(lab_name, list(files))
+    removed = lab.delete(lab_name, list(files), force)
     click.echo("\n".join(f"{r} deleted" for r in removed) or "nothing to delete")
+
+
+@cli.group()
+def node() -> None:
+    """Add nodes to a running lab, or remove them."""
+
+
+@node.command("add")
+@click.option("-l", "--lab", "lab_name", help="The lab (default: the only one).")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A node label (repeatable).")
+@click.option("--timeout", default=30.0, show_default=True,
+              help="Seconds to wait for the node to be ready.")
+@click.argument("name")
+def node_add(lab_name: str | None, labels: tuple[str, ...], timeout: float, name: str) -> None:
+    """Add node NAME: next node address and pod subnet, its flanneld and kube-proxy; wait until it is ready."""
+    from netlab import lab
+
+    res = lab.node_add(lab_name, name, labels, timeout)
+    n = res.node
+    if res.created:
+        click.echo(f"node {name} added to lab {res.lab}: {n.ip}, podCIDR {n.pod_cidr}, ready in {res.seconds:.1f}s")
+    elif res.changes:
+        click.echo(f"node {name} updated in lab {res.lab}: " + "; ".join(res.changes))
+    else:
+        click.echo(f"node {name} is already in lab {res.lab} ({n.ip}, podCIDR {n.pod_cidr}): nothing changed")
+
+
+@node.command("remove")
+@click.option("-l", "--lab", "lab_name", help="The lab (default: the only one).")
+@click.option("--force", is_flag=True, help="Delete the node's pods with it (else a node with pods is refused).")
+@click.argument("name")
+def node_remove(lab_name: str | None, force: bool, name: str) -> None:
+    """Remove node NAME: stop its agents, release its lease, remove its pods and namespace; peers forget it."""
+    from netlab import lab
+
+    res = lab.node_remove(lab_name, name, force)
+    pods = f", {len(res.pods)} pod(s) deleted with it" if res.pods else ""
+    click.echo(f"node {name} removed from lab {res.lab} ({res.node.ip}, podCIDR {res.node.pod_cidr}){pods}"
+               f" in {res.seconds:.1f}s")
 
 
 @cli.command()

@@ -111,18 +111,15 @@ def alive(lab: str, daemon: str) -> bool:
         return False
 
 
-def lab_processes(lab: str | None) -> list[int]:
-    """PIDs whose environment marks them as `lab`'s (any lab's when None); never our own."""
+def lab_processes(lab: str) -> list[int]:
+    """PIDs whose environment marks them as `lab`'s; never our own.
+
+    Always one named lab: "any process with a NETLAB_LAB marker" would take
+    in other labs' and other test runs' processes (Mininet's `mn -c` mistake).
+    """
     me = os.getpid()
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        for var in _environ(int(entry)):
-            if var.startswith(ENV_LAB.encode() + b"=") and (lab is None or var == f"{ENV_LAB}={lab}".encode()):
-                out.append(int(entry))
-                break
-    return out
+    marker = f"{ENV_LAB}={lab}".encode()
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != me and marker in _environ(int(e))]
 
 
 def terminate(pids: Iterable[int], grace: float = 2.0) -> None:

@@ -17,11 +17,15 @@ from dataclasses import dataclass, field
 from netlab import names, netns
 from netlab.plan import ClientPlan, LabPlan, NodePlan
 
-# The sysctls of a Kubernetes node (kubeadm's preflight checks and flannel's docs ask for both).
+# The sysctls of a Kubernetes node (kubeadm's preflight checks and flannel's docs ask for the
+# first three). icmp_ratelimit 0: kube-proxy's REJECT for a service without endpoints answers
+# every connection with ICMP port-unreachable, which the kernel would otherwise rate-limit per
+# destination (a burst of 6), turning refused connections into timeouts.
 NODE_SYSCTLS = {
     "net.ipv4.ip_forward": "1",
     "net.bridge.bridge-nf-call-iptables": "1",
     "net.bridge.bridge-nf-call-ip6tables": "1",
+    "net.ipv4.icmp_ratelimit": "0",
 }
 
 
@@ -65,7 +69,10 @@ def ensure_lab_namespace(plan: LabPlan, changes: Changes) -> None:
         elif br.get_attr("IFLA_MTU") != plan.lab.underlay_mtu:
             ipr.link("set", index=br["index"], mtu=plan.lab.underlay_mtu)
             changes.add(f"bridge {names.UNDERLAY_BRIDGE} mtu")
-        _set_up(ipr, names.UNDERLAY_BRIDGE, changes, plan.netns)
+        bridge = _set_up(ipr, names.UNDERLAY_BRIDGE, changes, plan.netns)
+        # The underlay's gateway, the nodes' default route (as the host side of a Vagrant
+        # host-only network). The lab namespace does not forward: it is the end of the road.
+        _ensure_address(ipr, bridge, str(plan.gateway), plan.prefixlen, changes, f"{plan.netns}: {names.UNDERLAY_BRIDGE}")
     # The lab namespace only switches frames; keep its netfilter out of the path.
     netns.write_sysctl(plan.netns, "net.bridge.bridge-nf-call-iptables", 0)
 
@@ -100,17 +107,32 @@ def _attach(plan: LabPlan, port: str, target_netns: str, ip, changes: Changes, w
 
         _set_up(ipr, "lo", changes, what)
         eth0 = _set_up(ipr, names.NODE_UPLINK, changes, what)
-        want = (str(ip), plan.prefixlen)
-        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=eth0, family=2)}
-        if want not in have:
-            for addr, plen in have:
-                ipr.addr("del", index=eth0, address=addr, prefixlen=plen)
-            ipr.addr("add", index=eth0, address=str(ip), prefixlen=plan.prefixlen)
-            changes.add(f"{what}: {ip}/{plan.prefixlen} on eth0")
+        _ensure_address(ipr, eth0, str(ip), plan.prefixlen, changes, f"{what}: eth0")
+
+
+def _ensure_address(ipr, index: int, ip: str, prefixlen: int, changes: Changes, what: str) -> None:
+    """`ip`/`prefixlen` as the only IPv4 address of the link (others are replaced)."""
+    have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)}
+    if (ip, prefixlen) not in have:
+        for addr, plen in have:
+            ipr.addr("del", index=index, address=addr, prefixlen=plen)
+        ipr.addr("add", index=index, address=ip, prefixlen=prefixlen)
+        changes.add(f"{what}: {ip}/{prefixlen}")
+
+
+def _ensure_default_route(ns: str, gateway: str, changes: Changes, what: str) -> None:
+    """A default route via the underlay gateway on eth0, as a real node has one via its LAN's router."""
+    with netns.iproute(ns) as ipr:
+        current = [r.get_attr("RTA_GATEWAY") for r in ipr.get_routes(family=2, table=254) if r["dst_len"] == 0]
+        if current != [gateway]:
+            eth0 = ipr.link_lookup(ifname=names.NODE_UPLINK)[0]
+            ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=eth0, table=254)
+            changes.add(f"{what}: default via {gateway}")
 
 
 def ensure_node(plan: LabPlan, node: NodePlan, changes: Changes) -> None:
     _attach(plan, node.underlay_port, node.netns, node.ip, changes, node.name)
+    _ensure_default_route(node.netns, str(plan.gateway), changes, node.name)
     for key, value in NODE_SYSCTLS.items():
         if netns.read_sysctl(node.netns, key) != value:
             netns.write_sysctl(node.netns, key, value)

@@ -11,6 +11,7 @@ the daemons, and wait for the pods.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -22,12 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netlab import daemons, fabric, names, netns
-from netlab.errors import LabBusy, NetlabError, NeedsRoot, SpecErrors
-from netlab.plan import LabPlan, plan_lab
-from netlab.spec.lab import LabSpec
+from netlab.errors import LabBusy, NetlabError, NeedsRoot, SpecError, SpecErrors
+from netlab.plan import LabFull, LabPlan, NodePlan, plan_lab
+from netlab.spec.lab import LabSpec, NodeSpec
 from netlab.spec.topology import ApiObject, check_pods_fit, load_topology, parse_objects, pod_object, schedule
-from netlab.spec.source import load_files
-from netlab.store import ENDPOINTSLICES, FLANNEL_CONFIG, PODS, SERVICES, Store, object_key, open_store
+from netlab.spec.source import Document, load_files
+from netlab.store import ENDPOINTSLICES, FLANNEL_CONFIG, FLANNEL_SUBNETS, PODS, SERVICES, Store, object_key, open_store
 
 LAB_FILE = "lab.json"
 LABD = "labd"
@@ -94,15 +95,43 @@ def read_lab(lab: str) -> dict | None:
         return None
 
 
+def require_record(lab: str) -> dict:
+    record = read_lab(lab)
+    if record is None:
+        raise NetlabError(f"lab {lab!r} has no state (an interrupted up?): run `netlab down {lab}` and up again")
+    return record
+
+
+def write_record(lab: str, record: dict) -> None:
+    _write_if_changed(lab_file(lab), json.dumps(record, indent=2))
+
+
+def members(record: dict) -> list[dict]:
+    """The running lab's nodes, each with its slot (see netlab.plan).
+
+    `record["nodes"]` since nodes can join and leave a running lab; a lab
+    recorded before that has exactly its file's nodes, in order.
+    """
+    if "nodes" in record:
+        return record["nodes"]
+    return [{"name": n["name"], "labels": n.get("labels", {}), "slot": i} for i, n in enumerate(record["spec"]["nodes"])]
+
+
+def membership(plan: LabPlan) -> list[dict]:
+    return [{"name": n.name, "labels": dict(n.labels), "slot": n.slot} for n in plan.nodes]
+
+
 def plan_from_record(record: dict) -> LabPlan:
-    """Re-derive the plan of a running lab from its recorded spec (the plan is pure)."""
+    """Re-derive the plan of a running lab from its recorded spec and nodes (the plan is pure)."""
+    from netlab.spec.lab import parse_lab
     from netlab.spec.source import load_text
 
     doc_text = json.dumps({"apiVersion": "netlab/v1alpha1", "kind": "Lab", "metadata": {"name": record["spec"]["name"]},
                            "spec": {k: v for k, v in record["spec"].items() if k != "name"}})
-    from netlab.spec.lab import parse_lab
-
-    return plan_lab(parse_lab(load_text(doc_text, lab_file(record["spec"]["name"]))[0]))
+    lab = parse_lab(load_text(doc_text, lab_file(record["spec"]["name"]))[0])
+    nodes = members(record)
+    lab = dataclasses.replace(lab, nodes=tuple(NodeSpec(m["name"], dict(m.get("labels") or {})) for m in nodes))
+    return plan_lab(lab, {m["name"]: m["slot"] for m in nodes})
 
 
 # --- node-level daemons (flanneld's and kube-proxy's roles) ------------------------
@@ -113,17 +142,24 @@ def node_daemons(plan: LabPlan, node) -> list[tuple[str, list[str]]]:
 
     Each entry is (daemon name, argv); the process gets NETLAB_LAB=<lab>.
     """
-    lab = plan.lab.name
+    spec = plan.lab
+    lab = spec.name
     store = f"sqlite://{names.store_path(lab)}"
+    proxy_flags = ["--iptables", spec.iptables_backend]
+    if spec.proxy_mode == "ipvs" and spec.ipvs_scheduler:
+        proxy_flags += ["--ipvs-scheduler", spec.ipvs_scheduler]
     return [
-        # flanneld's role: lease the node's subnet, program flannel.1 / host-gw routes.
+        # flanneld's role: lease the node's subnet, program flannel.1 / host-gw routes, and
+        # its iptables chains (FLANNEL-POSTRTG with --ip-masq, FLANNEL-FWD).
         ("flanneld", daemons.python_argv("cni.overlay", "--store", store, "--node", node.name,
                                          "--subnet-file", names.subnet_env_path(lab, node.name),
-                                         "--iface", names.NODE_UPLINK, "--node-ip", str(node.ip))),
+                                         "--iface", names.NODE_UPLINK, "--node-ip", str(node.ip),
+                                         "--ip-masq" if spec.ip_masq else "--no-ip-masq",
+                                         "--iptables", spec.iptables_backend)),
         # kube-proxy's role: Services and EndpointSlices to rules in the node's namespace.
         ("kube-proxy", daemons.python_argv("proxy", "--store", store, "--node", node.name, "--node-ip", str(node.ip),
-                                           "--cluster-cidr", str(plan.lab.pod_network.network),
-                                           "--mode", plan.lab.proxy_mode)),
+                                           "--cluster-cidr", str(spec.pod_network.network),
+                                           "--mode", spec.proxy_mode, *proxy_flags)),
     ]
 
 
@@ -145,7 +181,7 @@ def _node_files(plan: LabPlan, node) -> list[str]:
 
     made = []
     env_path = names.subnet_env_path(plan.lab.name, node.name)
-    text = subnet_env.render(plan.lab.pod_network.network, node.pod_cidr, plan.pod_mtu, True)
+    text = subnet_env.render(plan.lab.pod_network.network, node.pod_cidr, plan.pod_mtu, plan.lab.ip_masq)
     if _write_if_changed(env_path, text):
         made.append(f"{node.name}: {env_path}")
     conf = {
@@ -241,11 +277,25 @@ def ensure_daemons(plan: LabPlan, changes: list[str]) -> None:
         daemons.spawn(lab, LABD, plan.netns, daemons.python_argv("netlab.labd", "--lab", lab))
         changes.append("daemon labd (kubelet, controllers)")
     for node in plan.nodes:
-        for name, argv in node_daemons(plan, node):
-            dname = f"{name}-{node.name}"
-            if not daemons.alive(lab, dname):
-                daemons.spawn(lab, dname, node.netns, argv)
-                changes.append(f"daemon {dname}")
+        ensure_node_daemons(plan, node, changes)
+
+
+def ensure_node_daemons(plan: LabPlan, node: NodePlan, changes: list[str]) -> None:
+    for name, argv in node_daemons(plan, node):
+        dname = f"{name}-{node.name}"
+        if not daemons.alive(plan.lab.name, dname):
+            daemons.spawn(plan.lab.name, dname, node.netns, argv)
+            changes.append(f"daemon {dname}")
+
+
+def ensure_node(plan: LabPlan, node: NodePlan, store: Store, changes: list[str]) -> None:
+    """A node as `up` makes it: fabric, Node object, subnet.env and CNI config, flanneld and kube-proxy."""
+    ch = fabric.Changes()
+    fabric.ensure_node(plan, node, ch)
+    changes.extend(ch.made)
+    _put_if_changed(store, object_key("Node", None, node.name), plan.node_object(node), changes, f"node {node.name}")
+    changes.extend(_node_files(plan, node))
+    ensure_node_daemons(plan, node, changes)
 
 
 def wait_for_pods(store: Store, keys: set[str], timeout: float, progress: Progress | None) -> dict[str, str]:
@@ -276,7 +326,6 @@ def up(paths: list[str], progress: Progress | None = None, timeout: float = 300.
     t0 = time.monotonic()
     topo = load_topology(paths)  # raises SpecError(s): nothing exists yet
     require_root()
-    plan = plan_lab(topo.lab)
     lab = topo.lab.name
     with lab_lock(lab):
         record = read_lab(lab)
@@ -288,17 +337,11 @@ def up(paths: list[str], progress: Progress | None = None, timeout: float = 300.
                 f"lab {lab!r} is already up with a different {', '.join(diff)}; "
                 f"pods and services can change with `netlab apply`, the lab itself cannot: run `netlab down {lab}` first"
             )
+        plan = _plan_up(topo.lab, record)
         # Journal first: the state dir names the lab before any kernel object exists.
-        _write_if_changed(lab_file(lab), json.dumps({"spec": spec, "files": [os.path.abspath(p) for p in paths]}, indent=2))
+        write_record(lab, {"spec": spec, "files": [os.path.abspath(p) for p in paths], "nodes": membership(plan)})
         ch = fabric.Changes()
-        total = 1 + len(plan.nodes) + len(plan.clients)
-        if progress:
-            progress("fabric", 0, total)
         fabric.ensure_lab_namespace(plan, ch)
-        for i, node in enumerate(plan.nodes):
-            fabric.ensure_node(plan, node, ch)
-            if progress:
-                progress("fabric", i + 2, total)
         for client in plan.clients:
             fabric.ensure_client(plan, client, ch)
         changes = list(ch.made)
@@ -307,10 +350,13 @@ def up(paths: list[str], progress: Progress | None = None, timeout: float = 300.
             _put_if_changed(store, object_key("Lab", None, lab), {"apiVersion": "netlab/v1alpha1", "kind": "Lab",
                                                                   "metadata": {"name": lab}, "spec": spec},
                             changes, "lab object")
-            _put_if_changed(store, FLANNEL_CONFIG, topo.lab.pod_network.net_conf(), changes, "flannel net-conf")
-            for node in plan.nodes:
-                _put_if_changed(store, object_key("Node", None, node.name), plan.node_object(node), changes, f"node {node.name}")
-                changes.extend(_node_files(plan, node))
+            _put_if_changed(store, FLANNEL_CONFIG, topo.lab.pod_network.to_json(), changes, "flannel net-conf")
+            if progress:
+                progress("nodes", 0, len(plan.nodes))
+            for i, node in enumerate(plan.nodes):
+                ensure_node(plan, node, store, changes)
+                if progress:
+                    progress("nodes", i + 1, len(plan.nodes))
             sync_pods(store, topo.lab, topo.pods, changes, prune=True)
             put_objects(store, topo.lab, topo.objects, changes)
             ensure_daemons(plan, changes)
@@ -327,58 +373,289 @@ def up(paths: list[str], progress: Progress | None = None, timeout: float = 300.
     return UpResult(lab, created, changes, len(topo.pods), time.monotonic() - t0)
 
 
+def _plan_up(lab: LabSpec, record: dict | None) -> LabPlan:
+    """The plan `up` makes real: the file's nodes, plus those that joined the running lab since.
+
+    Nodes of a running lab keep their slots; a file's node that `node remove`
+    took away comes back (the file says it exists), in the lowest free slot.
+    """
+    if record is None:
+        return plan_lab(lab)
+    running = members(record)
+    have = {m["name"] for m in running}
+    nodes = tuple(NodeSpec(m["name"], dict(m.get("labels") or {})) for m in running)
+    nodes += tuple(n for n in lab.nodes if n.name not in have)
+    return plan_lab(dataclasses.replace(lab, nodes=nodes), {m["name"]: m["slot"] for m in running})
+
+
 # --- apply / delete on a running lab ------------------------------------------------
 
 
 def apply(lab_name: str | None, paths: list[str], wait: float = 60.0) -> list[str]:
-    """Create or update Pods, Services and EndpointSlices in a running lab."""
+    """Create or update Nodes, Pods, Services and EndpointSlices in a running lab.
+
+    Everything is validated first (pods may name nodes the same files add);
+    then nodes join, as `netlab node add` makes them, and the objects are stored.
+    """
     docs = load_files(paths)
     require_root()
     lab = resolve_lab(lab_name)
-    record = read_lab(lab)
-    if record is None:
-        raise NetlabError(f"lab {lab!r} has no state (an interrupted up?): run `netlab down {lab}` and up again")
-    plan = plan_from_record(record)
     pods, objects, errors = parse_objects(docs)
-    store = store_for(lab)
-    try:
-        existing: dict[str, int] = {}
-        for kv in store.list(PODS)[0]:
-            n = kv.value["spec"].get("nodeName")
-            existing[n] = existing.get(n, 0) + 1
-        pods = schedule(plan.lab, pods, existing)
-        errors.extend(check_pods_fit(plan.lab, pods))
-        if errors:
-            raise errors[0] if len(errors) == 1 else SpecErrors(errors)
-        changes: list[str] = []
-        sync_pods(store, plan.lab, pods, changes, prune=False)
-        put_objects(store, plan.lab, objects, changes)
-        if pods and wait:
-            wait_for_pods(store, {p.key for p in pods}, wait, None)
-    finally:
-        store.close()
+    nodes = [o for o in objects if o.kind == "Node"]
+    objects = [o for o in objects if o.kind != "Node"]
+    # Nodes change the lab itself: one such change at a time, and never during an `up`.
+    with lab_lock(lab) if nodes else contextlib.nullcontext():
+        plan = plan_from_record(require_record(lab))
+        if nodes:
+            try:
+                plan = plan_join(plan, [(node_of(o), o.doc) for o in nodes])
+            except SpecError as e:
+                errors.append(e)
+        store = store_for(lab)
+        try:
+            existing: dict[str, int] = {}
+            for kv in store.list(PODS)[0]:
+                n = kv.value["spec"].get("nodeName")
+                existing[n] = existing.get(n, 0) + 1
+            pods = schedule(plan.lab, pods, existing)
+            errors.extend(check_pods_fit(plan.lab, pods))
+            if errors:
+                raise errors[0] if len(errors) == 1 else SpecErrors(errors)
+            changes: list[str] = []
+            if nodes:
+                joined = [plan.node(o.name) for o in nodes]
+                made = join(plan, joined, store)
+                changes += [f"node {n}" for n, ch in made.items() if ch]
+                if wait:
+                    wait_nodes_ready(plan, joined, store, NODE_READY_TIMEOUT)
+            sync_pods(store, plan.lab, pods, changes, prune=False)
+            put_objects(store, plan.lab, objects, changes)
+            if pods and wait:
+                wait_for_pods(store, {p.key for p in pods}, wait, None)
+        finally:
+            store.close()
     return changes
 
 
-def delete(lab_name: str | None, paths: list[str]) -> list[str]:
+DELETABLE = ("Pod", "Service", "EndpointSlice", "Node")
+
+
+def delete(lab_name: str | None, paths: list[str], force: bool = False) -> list[str]:
+    """Delete the objects FILE names; Nodes last, as `netlab node remove` (`force`: with their pods)."""
     docs = load_files(paths)
+    targets: list[tuple[str, str | None, str]] = []
+    for d in docs:  # validate every document before deleting anything
+        meta = d.data.get("metadata", {}) if isinstance(d.data, dict) else {}
+        if d.kind not in DELETABLE:
+            raise d.error(("kind",), f"cannot delete a {d.kind or 'document without kind'}",
+                          f"netlab delete takes {', '.join(DELETABLE[:-1])} and {DELETABLE[-1]} objects")
+        if not isinstance(meta, dict) or not meta.get("name"):
+            raise d.error(("metadata", "name"), f"a {d.kind} to delete needs a name", "add metadata: {name: ...}")
+        ns = None if d.kind == "Node" else meta.get("namespace", "default")
+        targets.append((d.kind, ns, meta["name"]))
     require_root()
     lab = resolve_lab(lab_name)
     store = store_for(lab)
     removed = []
     try:
-        for d in docs:
-            meta = d.data.get("metadata", {}) if isinstance(d.data, dict) else {}
-            if d.kind in ("Pod", "Service", "EndpointSlice") and meta.get("name"):
-                ns = meta.get("namespace", "default")
-                if store.delete(object_key(d.kind, ns, meta["name"])):
-                    removed.append(f"{d.kind.lower()} {ns}/{meta['name']}")
-            else:
-                raise d.error(("kind",), f"cannot delete a {d.kind or 'document without kind'}",
-                              "netlab delete takes Pods, Services and EndpointSlices")
+        for kind, ns, name in targets:
+            if kind != "Node" and store.delete(object_key(kind, ns, name)):
+                removed.append(f"{kind.lower()} {ns}/{name}")
     finally:
         store.close()
+    for kind, _ns, name in targets:
+        if kind == "Node":
+            with lab_lock(lab):
+                plan = plan_from_record(require_record(lab))
+                if name in plan.slots:  # missing on delete is success
+                    res = _remove_node(plan, name, force)
+                    removed.append(f"node {name}" + (f" (and {len(res.pods)} pod(s))" if res.pods else ""))
     return removed
+
+
+# --- nodes joining and leaving a running lab ----------------------------------------
+
+# How long a joining node may take to hold its lease and route to every peer.
+NODE_READY_TIMEOUT = 30.0
+# How long a leaving node's pods may take to be torn down by the kubelet (CNI DEL) before
+# their namespaces are removed regardless.
+POD_TEARDOWN_TIMEOUT = 15.0
+
+
+def node_of(obj: ApiObject) -> NodeSpec:
+    return NodeSpec(obj.name, dict(obj.body.get("metadata", {}).get("labels") or {}))
+
+
+def plan_join(plan: LabPlan, nodes: list[tuple[NodeSpec, Document | str]]) -> LabPlan:
+    """The lab's plan with `nodes` in it (pure): new ones take the lowest free slots, known ones new labels.
+
+    A lab without room (pod subnets, underlay addresses) is a SpecError
+    naming the Node document or command that asked, before anything is made.
+    """
+    by_name = {n.name: n for n in plan.lab.nodes}
+    for node, _where in nodes:
+        by_name[node.name] = node  # joins, or relabels a node that is already there
+    lab = dataclasses.replace(plan.lab, nodes=tuple(by_name.values()))
+    try:
+        return plan_lab(lab, plan.slots)
+    except LabFull as e:
+        node, where = next((n, w) for n, w in nodes if n.name not in plan.slots)
+        hint = "remove a node first, or use a larger podNetwork or underlayCIDR for the lab"
+        if isinstance(where, Document):
+            raise where.error(("metadata", "name"), str(e), hint) from None
+        raise SpecError(where, "NAME", str(e), hint) from None
+
+
+def join(plan: LabPlan, nodes: list[NodePlan], store: Store) -> dict[str, list[str]]:
+    """Make `nodes` of `plan` real: recorded first (so `down` finds a half-made node), then built.
+
+    Returns what changed, per node (nothing for a node that was already right).
+    """
+    record = require_record(plan.lab.name)
+    write_record(plan.lab.name, dict(record, nodes=membership(plan)))
+    made: dict[str, list[str]] = {}
+    for node in nodes:
+        made[node.name] = []
+        ensure_node(plan, node, store, made[node.name])
+    return made
+
+
+@dataclass
+class NodeResult:
+    lab: str
+    node: NodePlan
+    changes: list[str] = field(default_factory=list)
+    pods: list[str] = field(default_factory=list)  # pods deleted with a removed node
+    created: bool = False  # the node joined (rather than being there already)
+    ready_at: float = 0.0  # time.monotonic() when the node held its lease and routed to every peer
+    released_at: float = 0.0  # time.monotonic() when a removed node's lease was released
+    seconds: float = 0.0
+
+
+def node_add(lab_name: str | None, name: str, labels: list[str] | tuple[str, ...] = (),
+             timeout: float = NODE_READY_TIMEOUT) -> NodeResult:
+    """`netlab node add`: a node joins a running lab, as `kubeadm join` and flannel make one.
+
+    It gets the next node address and the lowest free pod subnet, its
+    namespace and underlay link, its Node object (/registry/minions), its
+    flanneld and kube-proxy; the kubelet then runs pods bound to it.
+    Returns once the node holds its lease and routes to every peer (ready);
+    peers route to it within a second of its lease. Adding a node that is
+    already there changes nothing (or only its labels).
+    """
+    from netlab.spec.lab import node_from_args
+
+    t0 = time.monotonic()
+    spec = node_from_args(name, labels)  # SpecError: nothing made yet
+    require_root()
+    lab = resolve_lab(lab_name)
+    with lab_lock(lab):
+        before = plan_from_record(require_record(lab))
+        plan = plan_join(before, [(spec, "netlab node add")])
+        node = plan.node(name)
+        store = store_for(lab)
+        try:
+            changes = join(plan, [node], store)[name]
+            ready_at = wait_nodes_ready(plan, [node], store, timeout)
+        finally:
+            store.close()
+    return NodeResult(lab, node, changes, created=name not in before.slots, ready_at=ready_at,
+                      seconds=time.monotonic() - t0)
+
+
+def wait_nodes_ready(plan: LabPlan, nodes: list[NodePlan], store: Store, timeout: float) -> float:
+    """Poll until every node holds its lease and routes to every other lease; returns when (monotonic)."""
+    from cni.overlay.kernel import Kernel
+    from cni.overlay.lease import parse_leases
+
+    conf = plan.lab.pod_network
+    deadline = time.monotonic() + timeout
+    pending = list(nodes)
+    while True:
+        leases = parse_leases([(kv.key, kv.value) for kv in store.list(FLANNEL_SUBNETS)[0]])
+        still = []
+        for node in pending:
+            own = leases.get(node.pod_cidr)
+            if own is None or str(own.public_ip) != str(node.ip):
+                still.append(node)
+                continue
+            peers = {str(s) for s, lease in leases.items() if s != node.pod_cidr and lease.backend_type == conf.backend.type}
+            with Kernel(node.netns) as k:
+                routes = {r.dst for r in k.observe(conf, node.pod_cidr).routes}
+            if not peers <= routes:
+                still.append(node)
+        pending = still
+        if not pending:
+            return time.monotonic()
+        for node in pending:
+            if not daemons.alive(plan.lab.name, f"flanneld-{node.name}"):
+                raise NetlabError(f"node {node.name}: flanneld exited (see {daemons.log_dir(plan.lab.name)}/flanneld-{node.name}.log)")
+        if time.monotonic() > deadline:
+            raise NetlabError(f"node {pending[0].name} was not ready within {timeout:.0f}s: no lease or no routes to its peers"
+                              f" (see {daemons.log_dir(plan.lab.name)}/flanneld-{pending[0].name}.log)")
+        time.sleep(0.02)
+
+
+def node_remove(lab_name: str | None, name: str, force: bool = False) -> NodeResult:
+    """`netlab node remove`: a node leaves a running lab, and every peer forgets it.
+
+    A node that still has pods is refused unless `force`: then its pods are
+    deleted with it, as Kubernetes' pod garbage collector deletes the pods
+    of a deleted Node (bare pods are not rescheduled elsewhere).
+    """
+    t0 = time.monotonic()
+    require_root()
+    lab = resolve_lab(lab_name)
+    with lab_lock(lab):
+        plan = plan_from_record(require_record(lab))
+        if name not in plan.slots:
+            raise NetlabError(f"lab {lab} has no node {name!r} (nodes: {', '.join(n.name for n in plan.nodes)})")
+        res = _remove_node(plan, name, force)
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def _remove_node(plan: LabPlan, name: str, force: bool) -> NodeResult:
+    """Stop the node's agents (by PID), release its lease, delete its pods and Node, remove its namespaces."""
+    from cni.overlay.lease import release_node
+
+    lab, node = plan.lab.name, plan.node(name)
+    if len(plan.nodes) == 1:
+        raise NetlabError(f"node {name} is the last node of lab {lab}: a lab needs one (`netlab down {lab}` removes it all)")
+    store = store_for(lab)
+    try:
+        bound = sorted(kv.key for kv in store.list(PODS)[0] if kv.value.get("spec", {}).get("nodeName") == name)
+        pods = [k[len(PODS):] for k in bound]
+        if pods and not force:
+            raise NetlabError(
+                f"node {name} has {len(pods)} pod(s): {', '.join(pods[:5])}{' ...' if len(pods) > 5 else ''}; "
+                "delete them first (`netlab delete -f`), or pass --force to delete them with the node"
+                " (as Kubernetes' pod garbage collector does)"
+            )
+        res = NodeResult(lab, node, pods=pods)
+        for daemon in ("flanneld", "kube-proxy"):
+            daemons.stop(lab, f"{daemon}-{name}")
+            res.changes.append(f"daemon {daemon}-{name} stopped")
+        res.released_at = time.monotonic()
+        res.changes += [f"lease {k} released" for k in release_node(store, str(node.ip))]
+        for key in bound:
+            store.delete(key)
+        store.delete(object_key("Node", None, name))
+        res.changes.append(f"node {name} deleted")
+    finally:
+        store.close()
+    # The kubelet tears the pods down (CNI DEL needs the node's namespace and config): wait for it.
+    prefix = node.netns + "."
+    deadline = time.monotonic() + POD_TEARDOWN_TIMEOUT
+    while any(n.startswith(prefix) for n in netns.list_names()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for ns in [n for n in netns.list_names() if n.startswith(prefix)]:
+        netns.remove(ns)  # the kubelet did not: remove them regardless
+    fabric.remove_node(plan, node)
+    shutil.rmtree(names.node_dir(lab, name), ignore_errors=True)
+    write_record(lab, dict(require_record(lab), nodes=[m for m in membership(plan) if m["name"] != name]))
+    res.changes.append(f"netns {node.netns} removed")
+    return res
 
 
 # --- down / cleanup ----------------------------------------------------------------
@@ -416,14 +693,19 @@ def down(lab_name: str | None) -> tuple[str, list[str]]:
     return lab, removed
 
 
-def cleanup() -> dict[str, list[str]]:
-    """Every lab's objects on this machine, and nothing else."""
+def cleanup(lab_name: str | None = None) -> dict[str, list[str]]:
+    """Every lab's objects on this machine (or only lab `lab_name`'s), and nothing else.
+
+    A lab is found by its namespace (netlab.<lab>) or its state dir
+    (/run/netlab/<lab>/); only processes marked as one of those labs are
+    ended. A process carrying some other NETLAB_LAB marker (a test bed, a
+    lab of another run with no namespace here) is not a lab's and stays.
+    """
     require_root()
-    out = {lab: teardown(lab) for lab in list_labs()}
-    stray = daemons.lab_processes(None)
-    if stray:
-        daemons.terminate(stray)
-        out.setdefault("(no lab)", []).append(f"{len(stray)} process(es)")
+    labs = list_labs()
+    if lab_name is not None:
+        labs = [lab_name] if lab_name in labs else []
+    out = {lab: teardown(lab) for lab in labs}
     with contextlib.suppress(OSError):
         os.rmdir(names.RUN_DIR)
     return out

@@ -6,15 +6,23 @@ fabric module only makes the kernel match. Pod subnets are handed out in
 node order from SubnetMin, as kube-controller-manager's node IPAM assigns
 `node.spec.podCIDR`, and the flannel lease of each node takes it (as
 flannel's kube subnet manager does).
+
+A node's address and subnet come from its *slot*: slot i is underlay host
+.11+i and the i-th leasable subnet. The file's nodes take slots 0..n-1; a
+node added to a running lab takes the lowest free slot and keeps it, so
+removing a node never renumbers the others (a removed node's slot is free
+again, as node IPAM releases a deleted node's podCIDR).
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from netlab import names
+from netlab.errors import NetlabError
 from netlab.spec.lab import NODE_HOST_OFFSET, LabSpec
 
 
@@ -26,6 +34,7 @@ class NodePlan:
     pod_cidr: ipaddress.IPv4Network
     labels: dict[str, str]
     underlay_port: str  # the veth end on the underlay bridge, in the lab namespace
+    slot: int = 0  # which node address and pod subnet it holds (see the module's docstring)
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
@@ -54,8 +63,16 @@ class LabPlan:
     @property
     def pod_mtu(self) -> int:
         """The MTU pods get: flannel's vxlan backend leaves 50 bytes for the VXLAN header."""
-        base = self.lab.pod_network.backend.mtu or self.lab.underlay_mtu
-        return base - 50 if self.lab.pod_network.backend.type == "vxlan" else base
+        return self.lab.pod_network.mtu(self.lab.underlay_mtu)
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        """The underlay's gateway: the lab namespace's address on the underlay bridge (the nodes' default route)."""
+        return underlay_gateway(self.lab)
+
+    @property
+    def slots(self) -> dict[str, int]:
+        return {n.name: n.slot for n in self.nodes}
 
     def node(self, name: str) -> NodePlan:
         for n in self.nodes:
@@ -83,22 +100,60 @@ class LabPlan:
         }
 
 
-def node_ip(lab: LabSpec, index: int) -> ipaddress.IPv4Address:
-    return lab.underlay_cidr.network_address + NODE_HOST_OFFSET + 1 + index
+def node_ip(lab: LabSpec, slot: int) -> ipaddress.IPv4Address:
+    return lab.underlay_cidr.network_address + NODE_HOST_OFFSET + 1 + slot
 
 
-def plan_lab(lab: LabSpec) -> LabPlan:
-    subnets = lab.pod_network.subnets()
+def underlay_gateway(lab: LabSpec) -> ipaddress.IPv4Address:
+    """The underlay's first host (.1, as a VirtualBox host-only network's host side)."""
+    return lab.underlay_cidr.network_address + 1
+
+
+def node_slots(lab: LabSpec) -> int:
+    """How many nodes the lab can hold: pod subnets, and underlay hosts from .11 up to the clients'."""
+    lowest_client = int(lab.load_balancer_pool.network_address) - len(lab.clients)
+    hosts = lowest_client - int(lab.underlay_cidr.network_address) - NODE_HOST_OFFSET - 1
+    return max(0, min(len(lab.pod_network.candidate_subnets()), hosts))
+
+
+class LabFull(NetlabError):
+    """No free slot for another node."""
+
+
+def assign_slots(lab: LabSpec, fixed: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Every node of `lab` to a slot: those in `fixed` keep theirs, the others take the lowest free ones."""
+    fixed = {n.name: fixed[n.name] for n in lab.nodes if fixed and n.name in fixed}
+    capacity = node_slots(lab)
+    taken = set(fixed.values())
+    out = dict(fixed)
+    free = (i for i in range(capacity) if i not in taken)
+    for n in lab.nodes:
+        if n.name not in out:
+            slot = next(free, None)
+            if slot is None:
+                raise LabFull(
+                    f"lab {lab.name} has no room for node {n.name}: all {capacity} node slots are taken"
+                    f" ({len(lab.pod_network.candidate_subnets())} pod subnets, underlay {lab.underlay_cidr})"
+                )
+            out[n.name] = slot
+    return out
+
+
+def plan_lab(lab: LabSpec, slots: Mapping[str, int] | None = None) -> LabPlan:
+    """The lab's plan; `slots` pins nodes of a running lab to the address and subnet they hold."""
+    subnets = lab.pod_network.candidate_subnets()
+    assigned = assign_slots(lab, slots)
     nodes = tuple(
         NodePlan(
             name=n.name,
             netns=names.node_netns(lab.name, n.name),
-            ip=node_ip(lab, i),
-            pod_cidr=subnets[i],
+            ip=node_ip(lab, assigned[n.name]),
+            pod_cidr=subnets[assigned[n.name]],
             labels=dict(n.labels),
             underlay_port=names.underlay_port(n.name),
+            slot=assigned[n.name],
         )
-        for i, n in enumerate(lab.nodes)
+        for n in sorted(lab.nodes, key=lambda n: assigned[n.name])  # in address order
     )
     below_pool = lab.load_balancer_pool.network_address - 1
     clients = tuple(

@@ -83,7 +83,9 @@ class NetConf:
         """The net-conf.json this parses back to (flannel's keys)."""
         backend: dict[str, Any] = {"Type": self.backend.type}
         if self.backend.type == "vxlan":
-            backend.update(VNI=self.backend.vni, Port=self.backend.port, DirectRouting=self.backend.direct_routing)
+            backend.update(VNI=self.backend.vni, Port=self.backend.port)
+            if self.backend.direct_routing:  # omitted when false, as flannel's own examples write it
+                backend["DirectRouting"] = True
             if self.backend.mtu is not None:
                 backend["MTU"] = self.backend.mtu
         return {
@@ -105,6 +107,14 @@ def _int(where: str, field: str, value: Any, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise _err(where, field, f"{value} is out of range", f"use {lo}..{hi}")
     return value
+
+
+def _unknown(where: str, prefix: str, key: str, allowed: set[str], what: str) -> SpecError:
+    import difflib
+
+    near = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}?" if near else f"{what} takes {', '.join(sorted(allowed))}"
+    return _err(where, prefix + key, f"unknown key {key!r}", hint)
 
 
 def _addr(where: str, field: str, value: Any) -> IPv4Address:
@@ -130,7 +140,7 @@ def parse(raw: dict[str, Any] | str, where: str = "net-conf.json") -> NetConf:
         raise _err(where, "", "must be a JSON object with flannel's keys", 'e.g. {"Network": "10.244.0.0/16"}')
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
-        raise _err(where, unknown[0], "unknown key", f"flannel's keys are {', '.join(sorted(_TOP_KEYS))}")
+        raise _unknown(where, "", str(unknown[0]), _TOP_KEYS, "net-conf.json")
     if raw.get("EnableIPv4", True) is not True:
         raise _err(where, "EnableIPv4", "netlab's overlay is IPv4: EnableIPv4 must be true")
     if raw.get("EnableIPv6", False) is not False:
@@ -146,7 +156,10 @@ def parse(raw: dict[str, Any] | str, where: str = "net-conf.json") -> NetConf:
     # SubnetLen defaulting as flannel's config.go: /24 for networks larger than /24,
     # else one bit longer than the network.
     if "SubnetLen" in raw:
-        subnet_len = _int(where, "SubnetLen", raw["SubnetLen"], network.prefixlen + 1, 30)
+        subnet_len = _int(where, "SubnetLen", raw["SubnetLen"], 1, 30)
+        if subnet_len <= network.prefixlen:
+            raise _err(where, "SubnetLen", f"SubnetLen {subnet_len} must be longer than the Network's /{network.prefixlen}",
+                       f"use a SubnetLen above {network.prefixlen}, e.g. {min(network.prefixlen + 8, 30)}")
     elif network.prefixlen < 24:
         subnet_len = 24
     elif network.prefixlen < 30:
@@ -162,7 +175,7 @@ def parse(raw: dict[str, Any] | str, where: str = "net-conf.json") -> NetConf:
         if a not in network:
             raise _err(where, key, f"{a} is outside Network {network}")
         if (int(a) - int(network.network_address)) % size:
-            raise _err(where, key, f"{a} is not on a /{subnet_len} boundary")
+            raise _err(where, key, f"{a} is not the start of a /{subnet_len} inside {network}")
         return a
 
     # flannel skips the network's first subnet by default (its .0 would be the network address).
@@ -180,13 +193,10 @@ def _parse_backend(raw: Any, where: str) -> Backend:
         raise _err(where, "Backend", "must be an object", '{"Type": "vxlan"}')
     type_ = raw.get("Type", "udp")  # flannel's own default backend is udp, which netlab does not have
     if type_ not in BACKENDS:
-        raise _err(where, "Backend.Type", f"{type_!r} is not supported", f"use one of {', '.join(BACKENDS)}")
+        raise _err(where, "Backend.Type", f"unknown backend {type_!r}", f"use one of: {', '.join(BACKENDS)}")
     unknown = sorted(set(raw) - _BACKEND_KEYS[type_])
     if unknown:
-        raise _err(
-            where, f"Backend.{unknown[0]}", f"not a {type_} backend key",
-            f"{type_} takes {', '.join(sorted(_BACKEND_KEYS[type_]))}",
-        )
+        raise _unknown(where, "Backend.", str(unknown[0]), _BACKEND_KEYS[type_], f"the {type_} backend")
     if type_ == "host-gw":
         return Backend("host-gw")
     vni = _int(where, "Backend.VNI", raw.get("VNI", DEFAULT_VNI), 1, (1 << 24) - 1)

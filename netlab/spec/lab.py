@@ -3,7 +3,9 @@
 Everything a user can get wrong is caught here, before any kernel object
 exists, with one message per problem naming file, line, field and fix.
 The Lab's ``podNetwork`` takes flannel's net-conf.json keys verbatim, so a
-kube-flannel ConfigMap's net-conf.json can be pasted in.
+kube-flannel ConfigMap's net-conf.json can be pasted in; it is validated by
+the overlay's own parser (cni.overlay.netconf), the one flanneld's role uses,
+with netlab's defaults (Network 10.244.0.0/16, Backend vxlan) filled in.
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from cni.overlay.netconf import NetConf
+from cni.overlay.netconf import parse as parse_net_conf
 from netlab import names
-from netlab.errors import SpecError
+from netlab.errors import SpecError, SpecErrors
 from netlab.spec.source import Document, Path
 
 LAB_API_VERSION = "netlab/v1alpha1"
 PROXY_MODES = ("iptables", "ipvs", "nftables", "userspace")
-BACKENDS = ("vxlan", "host-gw")
+IPTABLES_BACKENDS = ("nft", "legacy")  # kube-proxy's and flanneld's iptables binaries in every node
+# kube-proxy --ipvs-scheduler: the ip_vs_<name> schedulers a lab may pick for every node.
+IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "dh", "sh", "sed", "nq")
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -31,49 +37,6 @@ _LABEL_KEY_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _NAME_MAX = 255
 # Lab names appear in every netns name and in /run/netlab/<lab>; keep them short.
 LAB_NAME_MAX = 32
-
-
-@dataclass(frozen=True)
-class Backend:
-    type: str = "vxlan"
-    vni: int = 1
-    port: int = 8472
-    mtu: int | None = None  # flannel's Backend.MTU: the underlay MTU to derive from
-    direct_routing: bool = False
-
-
-@dataclass(frozen=True)
-class PodNetwork:
-    """flannel's net-conf.json."""
-
-    network: ipaddress.IPv4Network
-    subnet_len: int
-    subnet_min: ipaddress.IPv4Address
-    subnet_max: ipaddress.IPv4Address
-    backend: Backend
-
-    def net_conf(self) -> dict[str, Any]:
-        """The net-conf.json document as flannel reads it from /coreos.com/network/config."""
-        be: dict[str, Any] = {"Type": self.backend.type}
-        if self.backend.type == "vxlan":
-            be.update(VNI=self.backend.vni, Port=self.backend.port)
-            if self.backend.direct_routing:
-                be["DirectRouting"] = True
-        if self.backend.mtu is not None:
-            be["MTU"] = self.backend.mtu
-        return {
-            "Network": str(self.network),
-            "SubnetLen": self.subnet_len,
-            "SubnetMin": str(self.subnet_min),
-            "SubnetMax": str(self.subnet_max),
-            "Backend": be,
-        }
-
-    def subnets(self) -> list[ipaddress.IPv4Network]:
-        """Every leasable subnet from SubnetMin to SubnetMax, in order."""
-        step = 1 << (32 - self.subnet_len)
-        lo, hi = int(self.subnet_min), int(self.subnet_max)
-        return [ipaddress.IPv4Network((a, self.subnet_len)) for a in range(lo, hi + 1, step)]
 
 
 @dataclass(frozen=True)
@@ -93,7 +56,7 @@ class ClientSpec:
 class LabSpec:
     name: str
     nodes: tuple[NodeSpec, ...]
-    pod_network: PodNetwork
+    pod_network: NetConf  # flannel's net-conf.json, as cni.overlay.netconf parses it
     service_cidr: ipaddress.IPv4Network
     underlay_cidr: ipaddress.IPv4Network
     underlay_mtu: int
@@ -102,13 +65,16 @@ class LabSpec:
     load_balancer_pool: ipaddress.IPv4Network
     clients: tuple[ClientSpec, ...]
     source: str = ""
+    ip_masq: bool = True  # flanneld --ip-masq, as the kube-flannel manifest runs it
+    iptables_backend: str = "nft"  # kube-proxy's and flanneld's iptables binaries (nft or legacy)
+    ipvs_scheduler: str | None = None  # kube-proxy --ipvs-scheduler (proxyMode ipvs only); None: its default
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical form, recorded in the state dir and compared by a second `up`."""
-        return {
+        out = {
             "name": self.name,
             "nodes": [{"name": n.name, "labels": dict(n.labels)} for n in self.nodes],
-            "podNetwork": self.pod_network.net_conf(),
+            "podNetwork": self.pod_network.to_json(),
             "serviceCIDR": str(self.service_cidr),
             "underlayCIDR": str(self.underlay_cidr),
             "underlayMTU": self.underlay_mtu,
@@ -116,7 +82,12 @@ class LabSpec:
             "nodePortRange": f"{self.node_port_range[0]}-{self.node_port_range[1]}",
             "loadBalancerPool": str(self.load_balancer_pool),
             "clients": [{"name": c.name} for c in self.clients],
+            "ipMasq": self.ip_masq,
+            "iptablesBackend": self.iptables_backend,
         }
+        if self.ipvs_scheduler is not None:
+            out["ipvsScheduler"] = self.ipvs_scheduler
+        return out
 
 
 @dataclass(frozen=True)
@@ -261,21 +232,24 @@ _LAB_SPEC = {
     "nodePortRange",
     "loadBalancerPool",
     "clients",
+    "ipMasq",
+    "iptablesBackend",
+    "ipvsScheduler",
 }
-_NETCONF = {"Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend", "EnableIPv4", "EnableIPv6"}
-_BACKEND = {"Type", "VNI", "Port", "MTU", "DirectRouting", "GBP"}
 _NODE = {"name", "labels"}
 _CLIENT = {"name"}
 
 DEFAULTS = {
     "nodes": 2,
     "Network": "10.244.0.0/16",
-    "SubnetLen": 24,
     "serviceCIDR": "10.96.0.0/12",
     "underlayCIDR": "192.168.56.0/24",
     "underlayMTU": 1500,
     "proxyMode": "iptables",
     "nodePortRange": "30000-32767",
+    "Backend": "vxlan",
+    "ipMasq": True,
+    "iptablesBackend": "nft",
 }
 
 # Hosts of the underlay: nodes count up from .11 (as a Vagrant lab numbers them),
@@ -311,11 +285,7 @@ def parse_lab(doc: Document) -> LabSpec:
             if "name" not in m:
                 c.fail(p, "a node needs a name", "add name: node1")
                 continue
-            # The node's name is also its underlay port's interface name.
-            nname = c.dns_label(p + ("name",), m["name"], "node name", names.IFNAMSIZ)
-            if nname == "ext":
-                c.fail(p + ("name",), "'ext' is reserved for external clients", "pick another node name")
-                nname = None
+            nname = _node_name(c, p + ("name",), m["name"])
             if nname:
                 nodes.append(NodeSpec(nname, c.labels(p + ("labels",), m.get("labels"))))
     else:
@@ -326,57 +296,9 @@ def parse_lab(doc: Document) -> LabSpec:
             c.fail(("spec", "nodes", i, "name"), f"duplicate node name {nd.name!r}", "give every node its own name")
         seen[nd.name] = i
 
-    # podNetwork: flannel's net-conf.json
-    pn = c.mapping(("spec", "podNetwork"), spec.get("podNetwork"), _NETCONF, "podNetwork (flannel's net-conf.json)")
-    p_pn: Path = ("spec", "podNetwork")
-    network = c.cidr(p_pn + ("Network",), pn.get("Network", DEFAULTS["Network"]))
-    subnet_len = c.integer(p_pn + ("SubnetLen",), pn.get("SubnetLen", DEFAULTS["SubnetLen"]), 8, 30)
-    be_raw = c.mapping(p_pn + ("Backend",), pn.get("Backend"), _BACKEND, "Backend")
-    p_be = p_pn + ("Backend",)
-    be_type = be_raw.get("Type", "vxlan")
-    if be_type not in BACKENDS:
-        c.fail(p_be + ("Type",), f"unknown backend {be_type!r}", f"use one of: {', '.join(BACKENDS)}")
-    vni = c.integer(p_be + ("VNI",), be_raw.get("VNI", 1), 1, (1 << 24) - 1) or 1
-    port = c.integer(p_be + ("Port",), be_raw.get("Port", 8472), 1, 65535) or 8472
-    be_mtu = c.integer(p_be + ("MTU",), be_raw["MTU"], 576, 9000) if "MTU" in be_raw else None
-    direct = be_raw.get("DirectRouting", False)
-    if not isinstance(direct, bool):
-        c.fail(p_be + ("DirectRouting",), f"must be true or false, not {direct!r}")
-        direct = False
-    if pn.get("EnableIPv6"):
-        c.fail(p_pn + ("EnableIPv6",), "IPv6 pod networks are not supported yet", "remove EnableIPv6")
-    backend = Backend(be_type, vni, port, be_mtu, direct)
-
-    subnet_min = subnet_max = None
-    if network and subnet_len:
-        if subnet_len <= network.prefixlen:
-            c.fail(
-                p_pn + ("SubnetLen",),
-                f"SubnetLen {subnet_len} must be longer than the Network's /{network.prefixlen}",
-                f"use a SubnetLen above {network.prefixlen}, e.g. {min(network.prefixlen + 8, 30)}",
-            )
-        else:
-            step = 1 << (32 - subnet_len)
-            # flannel's defaults: skip the network's first subnet, end at its last.
-            subnet_min = ipaddress.IPv4Address(int(network.network_address) + step)
-            subnet_max = ipaddress.IPv4Address(int(network.broadcast_address) + 1 - step)
-            for key in ("SubnetMin", "SubnetMax"):
-                if key not in pn:
-                    continue
-                try:
-                    addr = ipaddress.IPv4Address(pn[key])
-                except ValueError:
-                    c.fail(p_pn + (key,), f"{pn[key]!r} is not an IPv4 address", "write e.g. 10.244.1.0")
-                    continue
-                if addr not in network or (int(addr) - int(network.network_address)) % step:
-                    c.fail(p_pn + (key,), f"{addr} is not the start of a /{subnet_len} inside {network}")
-                    continue
-                if key == "SubnetMin":
-                    subnet_min = addr
-                else:
-                    subnet_max = addr
-            if subnet_min and subnet_max and subnet_min > subnet_max:
-                c.fail(p_pn + ("SubnetMin",), f"SubnetMin {subnet_min} is above SubnetMax {subnet_max}")
+    # podNetwork: flannel's net-conf.json, through the overlay's own parser.
+    pod_net = _pod_network(c, spec.get("podNetwork"))
+    network = pod_net.network if pod_net else None
 
     service_cidr = c.cidr(("spec", "serviceCIDR"), spec.get("serviceCIDR", DEFAULTS["serviceCIDR"]))
     underlay = c.cidr(("spec", "underlayCIDR"), spec.get("underlayCIDR", DEFAULTS["underlayCIDR"]))
@@ -384,6 +306,13 @@ def parse_lab(doc: Document) -> LabSpec:
     proxy_mode = spec.get("proxyMode", DEFAULTS["proxyMode"])
     if proxy_mode not in PROXY_MODES:
         c.fail(("spec", "proxyMode"), f"unknown proxy mode {proxy_mode!r}", f"use one of: {', '.join(PROXY_MODES)}")
+
+    iptables_backend, ipvs_scheduler = _proxy_options(c, spec, proxy_mode)
+    ip_masq = spec.get("ipMasq", DEFAULTS["ipMasq"])
+    if not isinstance(ip_masq, bool):
+        c.fail(("spec", "ipMasq"), f"must be true or false, not {ip_masq!r}",
+               "flanneld's --ip-masq: true masquerades pod traffic leaving the pod network")
+        ip_masq = True
 
     npr = spec.get("nodePortRange", DEFAULTS["nodePortRange"])
     node_port_range = (30000, 32767)
@@ -440,12 +369,12 @@ def parse_lab(doc: Document) -> LabSpec:
                 c.fail(pb, f"{nb} {b} overlaps {na} {a}", "give each network its own range")
 
     # Capacity: subnets for the nodes, underlay addresses for nodes and clients.
-    if network and subnet_len and subnet_min and subnet_max and subnet_len > network.prefixlen:
-        available = (int(subnet_max) - int(subnet_min)) // (1 << (32 - subnet_len)) + 1
+    if pod_net:
+        available = len(pod_net.candidate_subnets())
         if len(nodes) > available:
             c.fail(
                 ("spec", "nodes"),
-                f"{len(nodes)} nodes need {len(nodes)} pod subnets, but {network} with SubnetLen {subnet_len}"
+                f"{len(nodes)} nodes need {len(nodes)} pod subnets, but {network} with SubnetLen {pod_net.subnet_len}"
                 f" has only {available} between SubnetMin and SubnetMax",
                 "use fewer nodes, a larger Network or a longer SubnetLen",
             )
@@ -462,14 +391,14 @@ def parse_lab(doc: Document) -> LabSpec:
 
     if c.errors:
         raise c.errors[0] if len(c.errors) == 1 else _errors(c.errors)
-    assert name and network and subnet_len and subnet_min and subnet_max
+    assert name and pod_net
     assert service_cidr and underlay and underlay_mtu and pool
     for nd in nodes:
         _check_netns_len(doc, ("spec", "nodes"), names.node_netns(name, nd.name))
     return LabSpec(
         name=name,
         nodes=tuple(nodes),
-        pod_network=PodNetwork(network, subnet_len, subnet_min, subnet_max, backend),
+        pod_network=pod_net,
         service_cidr=service_cidr,
         underlay_cidr=underlay,
         underlay_mtu=underlay_mtu,
@@ -478,12 +407,119 @@ def parse_lab(doc: Document) -> LabSpec:
         load_balancer_pool=pool,
         clients=tuple(clients),
         source=doc.where(()),
+        ip_masq=ip_masq,
+        iptables_backend=iptables_backend,
+        ipvs_scheduler=ipvs_scheduler,
     )
 
 
-def _errors(errors: list[SpecError]):
-    from netlab.errors import SpecErrors
+def _pod_network(c: _Checker, raw: Any) -> NetConf | None:
+    """podNetwork with netlab's defaults, validated by cni.overlay.netconf; its error gets file:line."""
+    p_pn: Path = ("spec", "podNetwork")
+    if raw is None:
+        raw = {}
+    if isinstance(raw, dict):
+        raw = {"Network": DEFAULTS["Network"], **raw}
+        if isinstance(raw.get("Backend", {}), dict):
+            raw["Backend"] = {"Type": DEFAULTS["Backend"], **raw.get("Backend", {})}
+    try:
+        return parse_net_conf(raw, where=c.doc.where(p_pn))
+    except SpecError as e:
+        c.fail(p_pn + tuple(e.field.split(".")) if e.field else p_pn, e.message, e.hint)
+        return None
 
+
+def _proxy_options(c: _Checker, spec: dict, proxy_mode: str) -> tuple[str, str | None]:
+    """iptablesBackend and ipvsScheduler: the node daemons' --iptables and kube-proxy's --ipvs-scheduler."""
+    backend = spec.get("iptablesBackend", DEFAULTS["iptablesBackend"])
+    if backend not in IPTABLES_BACKENDS:
+        c.fail(("spec", "iptablesBackend"), f"unknown iptables backend {backend!r}",
+               f"use one of: {', '.join(IPTABLES_BACKENDS)} (Debian 12's iptables is nft)")
+        backend = DEFAULTS["iptablesBackend"]
+    scheduler = spec.get("ipvsScheduler")
+    if scheduler is not None:
+        if scheduler not in IPVS_SCHEDULERS:
+            c.fail(("spec", "ipvsScheduler"), f"unknown IPVS scheduler {scheduler!r}",
+                   f"use one of: {', '.join(IPVS_SCHEDULERS)}")
+            scheduler = None
+        elif proxy_mode != "ipvs":
+            c.fail(("spec", "ipvsScheduler"), f"ipvsScheduler only applies to proxyMode ipvs, not {proxy_mode!r}",
+                   "set proxyMode: ipvs or remove ipvsScheduler")
+            scheduler = None
+    return backend, scheduler
+
+
+def _node_name(c: _Checker, path: Path, value: Any) -> str | None:
+    """A node's name: a DNS label that also names its underlay port, an interface (15 characters)."""
+    nname = c.dns_label(path, value, "node name", names.IFNAMSIZ)
+    if nname == "ext":
+        c.fail(path, "'ext' is reserved for external clients", "pick another node name")
+        return None
+    return nname
+
+
+# --- Nodes joining or leaving a running lab ----------------------------------------
+
+_NODE_TOP = {"apiVersion", "kind", "metadata", "spec"}
+_NODE_META = {"name", "labels", "annotations"}
+
+
+def parse_node(doc: Document) -> NodeSpec:
+    """A v1 Node for `netlab apply`/`delete` (and `netlab node add`): its name and labels.
+
+    The rest is netlab's to assign, as kubeadm join and the node IPAM
+    controller do on a cluster: the InternalIP (the next free underlay
+    address from .11) and spec.podCIDR (the lowest free subnet).
+    """
+    c = _Checker(doc)
+    data = c.mapping((), doc.data, _NODE_TOP, "a Node")
+    if data.get("apiVersion") != "v1":
+        c.fail(("apiVersion",), f"a Node's apiVersion is 'v1', not {data.get('apiVersion')!r}")
+    meta = c.mapping(("metadata",), data.get("metadata"), _NODE_META, "metadata")
+    name = None
+    if "name" not in meta:
+        c.fail(("metadata",), "a node needs a name", "add metadata: {name: node3}")
+    else:
+        name = _node_name(c, ("metadata", "name"), meta["name"])
+    labels = c.labels(("metadata", "labels"), meta.get("labels"))
+    spec = data.get("spec")
+    if spec is not None and not isinstance(spec, dict):
+        c.fail(("spec",), f"must be a mapping, not {type(spec).__name__}", "leave spec out")
+    for key in spec or {}:
+        c.fail(("spec", str(key)), f"spec.{key} cannot be set here",
+               "netlab assigns a node's podCIDR and address; give only metadata.name and labels")
+    if c.errors:
+        raise c.errors[0] if len(c.errors) == 1 else _errors(c.errors)
+    assert name
+    return NodeSpec(name, labels)
+
+
+def node_from_args(name: str, labels: tuple[str, ...] | list[str], command: str = "netlab node add") -> NodeSpec:
+    """`netlab node add NAME --label k=v`: the same Node, validated the same way (errors name the command)."""
+    parsed: dict[str, str] = {}
+    for item in labels:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SpecError(command, "--label", f"{item!r} is not key=value", "write --label zone=a")
+        if key in parsed:
+            raise SpecError(command, "--label", f"label {key!r} is given twice", "give each label once")
+        parsed[key] = value
+    doc = Document({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": parsed}}, command)
+    try:
+        return parse_node(doc)
+    except SpecError as e:
+        raise _arg_error(e) from None
+    except SpecErrors as e:
+        raise SpecErrors([_arg_error(x) for x in e.errors]) from None
+
+
+def _arg_error(e: SpecError) -> SpecError:
+    """Name the command-line argument instead of the Node field it became."""
+    field = e.field.replace("metadata.name", "NAME", 1).replace("metadata.labels.", "--label ", 1)
+    return SpecError(e.where, field, e.message, e.hint)
+
+
+def _errors(errors: list[SpecError]) -> SpecErrors:
     return SpecErrors(errors)
 
 

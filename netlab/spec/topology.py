@@ -14,7 +14,7 @@ from typing import Any
 
 from netlab import names
 from netlab.errors import SpecError, SpecErrors
-from netlab.spec.lab import LabSpec, PodSpec, parse_lab, parse_pod
+from netlab.spec.lab import LabSpec, PodSpec, parse_lab, parse_node, parse_pod
 from netlab.spec.source import Document, load_files
 
 # Other kinds register a validator returning the object to store (normalized).
@@ -25,6 +25,15 @@ _VALIDATORS: dict[str, Validator] = {}
 
 def register_kind(kind: str, validator: Validator) -> None:
     _VALIDATORS[kind] = validator
+
+
+def validate_node(doc: Document) -> dict:
+    """A Node for `netlab apply`/`delete`: the object as the API server stores it, minus what netlab assigns."""
+    node = parse_node(doc)
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name, "labels": dict(node.labels)}}
+
+
+register_kind("Node", validate_node)
 
 
 def _load_plugins() -> None:
@@ -176,6 +185,11 @@ def load_topology(paths: list[str]) -> Topology:
         raise SpecErrors([e] + errors) if errors else e from None
     pods, objects, obj_errors = parse_objects(d for d in docs if d.kind != "Lab")
     errors.extend(obj_errors)
+    for o in [o for o in objects if o.kind == "Node"]:
+        errors.append(o.doc.error(("kind",), "a Node document cannot be part of the lab's files",
+                                  "list it in the Lab's spec.nodes, or add it to the running lab with "
+                                  "`netlab apply -f` or `netlab node add`"))
+        objects.remove(o)
     pods = schedule(lab, pods)
     errors.extend(check_pods_fit(lab, pods))
     if errors:

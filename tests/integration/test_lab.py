@@ -279,16 +279,47 @@ def test_restart_policies(labs):
     assert open(log).read() == "done\n"
 
 
+def _bystander(marker: str) -> subprocess.Popen:
+    """A process marked NETLAB_LAB=<marker> with no lab behind it: a test bed's agent, another run's daemon."""
+    return subprocess.Popen(["sleep", "120"], env={**os.environ, daemons.ENV_LAB: marker})
+
+
 def test_cleanup_removes_every_lab_and_nothing_else(labs):
+    # Not to be run while others use this machine: it removes every lab here, theirs too.
     one, two = labs.name(), labs.name()
     labs.up(labs.lab_yaml(one, "nodes: 1", pod("a")))
     labs.up(labs.lab_yaml(two, "nodes: 1"))
     foreign = f"nltest-foreign-{one}"
     netns.create(foreign)
+    bystander = _bystander(f"{one}-bed")
     try:
         out = run_cli("cleanup")
         assert out.returncode == 0, out.stderr
         assert lab_leaks(one) == [] and lab_leaks(two) == []
         assert netns.exists(foreign)
+        assert bystander.poll() is None  # marked, but no lab of that name is here: not cleanup's
     finally:
+        bystander.kill()
+        bystander.wait()
         netns.remove(foreign)
+
+
+def test_cleanup_of_one_lab_leaves_the_others(labs):
+    one, two = labs.name(), labs.name()
+    labs.up(labs.lab_yaml(one, "nodes: 1", pod("a")))
+    labs.up(labs.lab_yaml(two, "nodes: 1", pod("a") + pod("b")))
+    bystander = _bystander(f"{one}-bed")
+    try:
+        out = run_cli("cleanup", one)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"{one}: removed ") and two not in out.stdout
+        assert lab_leaks(one) == []
+        assert bystander.poll() is None
+        st = pods_by_name(lab.status(two))
+        assert http_get(st["a"]["netns"], st["b"]["ip"], "/hostname") == "b"
+        assert all(daemons.alive(two, d) for d in (lab.LABD, "flanneld-node1", "kube-proxy-node1"))
+        out = run_cli("cleanup", one)
+        assert out.returncode == 0 and out.stdout.strip() == "nothing to clean up"
+    finally:
+        bystander.kill()
+        bystander.wait()

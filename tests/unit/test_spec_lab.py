@@ -76,7 +76,7 @@ def test_pods_spread_over_nodes_and_files_combine(tmp_path):
 def test_net_conf_is_flannels(tmp_path):
     topo = load_topology([write(tmp_path, LAB + "  podNetwork: {Network: 10.10.0.0/16, SubnetLen: 25, "
                                               "Backend: {Type: vxlan, VNI: 4, Port: 4789, DirectRouting: true}}\n")])
-    assert topo.lab.pod_network.net_conf() == {
+    assert topo.lab.pod_network.to_json() == {
         "Network": "10.10.0.0/16", "SubnetLen": 25, "SubnetMin": "10.10.0.128", "SubnetMax": "10.10.255.128",
         "Backend": {"Type": "vxlan", "VNI": 4, "Port": 4789, "DirectRouting": True},
     }
@@ -102,6 +102,23 @@ BAD = [
     (LAB + "  proxyMode: ebpf\n",
      "lab.yaml:5: spec.proxyMode: unknown proxy mode 'ebpf' (use one of: iptables, ipvs, nftables, userspace)"),
     (LAB + "  underlayCIDR: 192.168.56.0/29\n", "lab.yaml:5: spec.underlayCIDR: 192.168.56.0/29 has no room for 2 nodes"),
+    # podNetwork goes through the overlay's own parser (cni.overlay.netconf), keeping file:line.
+    (LAB + "  podNetwork:\n    Network: 10.244.0.0/16\n    SubnetLenght: 24\n",
+     "lab.yaml:7: spec.podNetwork.SubnetLenght: unknown key 'SubnetLenght' (did you mean 'SubnetLen'?)"),
+    (LAB + "  podNetwork:\n    Backend:\n      Type: vxlan\n      VNI: 0\n",
+     "lab.yaml:8: spec.podNetwork.Backend.VNI: 0 is out of range"),
+    (LAB + "  podNetwork: {Backend: {Type: host-gw, VNI: 2}}\n",
+     "lab.yaml:5: spec.podNetwork.Backend.VNI: unknown key 'VNI' (the host-gw backend takes Type)"),
+    (LAB + "  podNetwork: {Network: 10.244.0.0/16, SubnetMin: 10.245.0.0}\n",
+     "lab.yaml:5: spec.podNetwork.SubnetMin: 10.245.0.0 is outside Network 10.244.0.0/16"),
+    (LAB + "  podNetwork: [10.244.0.0/16]\n", "lab.yaml:5: spec.podNetwork: must be a JSON object with flannel's keys"),
+    (LAB + "  iptablesBackend: xtables\n",
+     "lab.yaml:5: spec.iptablesBackend: unknown iptables backend 'xtables' (use one of: nft, legacy"),
+    (LAB + "  proxyMode: ipvs\n  ipvsScheduler: fifo\n",
+     "lab.yaml:6: spec.ipvsScheduler: unknown IPVS scheduler 'fifo' (use one of: rr, wrr, lc, wlc"),
+    (LAB + "  ipvsScheduler: wrr\n",
+     "lab.yaml:5: spec.ipvsScheduler: ipvsScheduler only applies to proxyMode ipvs, not 'iptables'"),
+    (LAB + "  ipMasq: yes please\n", "lab.yaml:5: spec.ipMasq: must be true or false, not 'yes please'"),
     ("apiVersion: netlab/v1alpha1\nkind: Lab\nmetadata: {name: Bad.Name}\n",
      "lab.yaml:3: metadata.name: lab name 'Bad.Name' is not a valid name"),
     (LAB + "  nodes: 1\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {nodeName: node9}\n",
@@ -125,6 +142,26 @@ BAD = [
 def test_bad_input_names_file_line_field(tmp_path, text, expected):
     errs = errors_of(tmp_path, text)
     assert any(e.startswith(expected) for e in errs), errs
+
+
+def test_node_daemon_options_default_and_validate(tmp_path):
+    lab = load_topology([write(tmp_path, LAB + "  nodes: 1\n")]).lab
+    assert (lab.ip_masq, lab.iptables_backend, lab.ipvs_scheduler) == (True, "nft", None)
+    assert lab.to_dict()["ipMasq"] is True and lab.to_dict()["iptablesBackend"] == "nft"
+    assert "ipvsScheduler" not in lab.to_dict()
+    lab = load_topology([write(tmp_path, LAB + "  proxyMode: ipvs\n  ipvsScheduler: sh\n  iptablesBackend: legacy\n"
+                                              "  ipMasq: false\n")]).lab
+    assert (lab.ip_masq, lab.iptables_backend, lab.ipvs_scheduler) == (False, "legacy", "sh")
+    # Every IPVS scheduler kube-proxy's --ipvs-scheduler takes is accepted.
+    for sched in ("rr", "wrr", "lc", "wlc", "dh", "sh", "sed", "nq"):
+        assert load_topology([write(tmp_path, LAB + f"  proxyMode: ipvs\n  ipvsScheduler: {sched}\n")]).lab.ipvs_scheduler == sched
+
+
+def test_pod_network_defaults_fill_partial_net_conf(tmp_path):
+    lab = load_topology([write(tmp_path, LAB + "  podNetwork: {Backend: {VNI: 7}}\n")]).lab
+    assert lab.pod_network.backend.type == "vxlan" and lab.pod_network.backend.device == "flannel.7"
+    lab = load_topology([write(tmp_path, LAB + "  nodes: 1\n  podNetwork: {Network: 10.8.0.0/24}\n")]).lab
+    assert lab.pod_network.subnet_len == 25  # flannel's default for a /24 network
 
 
 def test_exhausted_node_subnet(tmp_path):
