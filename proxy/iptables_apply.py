@@ -14,20 +14,23 @@ unless it was explicitly told the current namespace is a node's
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 
 from netlab import netns
 from proxy.backend import SyncError, SyncResult
-from proxy.iptables import JUMP_RULES, Options, build, jump_rules_missing
+from proxy.iptables import JUMP_RULES, JumpRule, Options, Proxier, jump_rules_missing
 from proxy.model import ProxyState, ServicePortName
-from proxy.walker import BUILTIN, parse
+from proxy.walker import BUILTIN
 
 BINARIES = {
     "nft": ("iptables-nft-restore", "iptables-nft-save"),
     "legacy": ("iptables-legacy-restore", "iptables-legacy-save"),
 }
+IPTABLES = {"nft": "iptables-nft", "legacy": "iptables-legacy"}
 
 
 @dataclass
@@ -37,13 +40,17 @@ class Runner:
     netns: str | None
     timeout: float = 120.0
 
-    def __call__(self, argv: list[str], stdin: str | None = None) -> str:
+    def __call__(self, argv: list[str], stdin: str | None = None, check: bool = True) -> str:
         kwargs = dict(input=stdin, capture_output=True, text=True, timeout=self.timeout)
         if self.netns:
-            p = netns.run_in(self.netns, argv, **kwargs)
+            # The child inherits the namespace of the thread that spawns it. Entering it here
+            # (this thread only) rather than in a preexec_fn lets subprocess use vfork: a
+            # fork of a proxy holding 10k services' rules costs ~70 ms, a partial sync ~20.
+            with netns.entered(self.netns):
+                p = subprocess.run(argv, **kwargs)
         else:
             p = subprocess.run(argv, **kwargs)
-        if p.returncode != 0:
+        if check and p.returncode != 0:
             raise SyncError(f"{' '.join(argv)} failed (exit {p.returncode}): {p.stderr.strip()}")
         return p.stdout
 
@@ -64,7 +71,18 @@ def in_root_namespace() -> bool:
 
 
 class IptablesBackend:
-    """proxy.backend.Backend for iptables mode (kube-proxy --proxy-mode=iptables)."""
+    """proxy.backend.Backend for iptables mode (kube-proxy --proxy-mode=iptables).
+
+    Each sync is one `iptables-restore --noflush` transaction, planned by a
+    `proxy.iptables.Proxier`, which remembers what the kernel holds. A
+    partial sync reads nothing from the kernel. A full sync reads it (the
+    nat chains, to delete stale ones, and the built-in chains' jumps, to add
+    missing ones) when the backend does not know what is there (its first
+    sync, after a failure), and otherwise, in a large cluster, at most once
+    per `read_period`, as kube-proxy reads iptables-save at most once per
+    syncPeriod in large clusters. Between reads, stale chains are known from
+    what earlier syncs wrote.
+    """
 
     name = "iptables"
 
@@ -76,37 +94,77 @@ class IptablesBackend:
         self.netns = netns_name
         self.variant = variant
         self.restore_bin, self.save_bin = BINARIES[variant]
+        self.iptables_bin = IPTABLES[variant]
         self.run = Runner(netns_name)
         self.opts = opts or Options(random_fully=True)
+        self.proxier = Proxier(self.opts)
         self.last_text = ""  # what the last successful sync wrote (for tests and `netlab trace`)
-        self.last_cleanup = 0.0
-        self.cache: dict = {}  # per-service-port lines, reused while unchanged (see iptables.build)
-        self.cleanup_period = 30.0  # large clusters: iptables-save at most this often (kube-proxy's syncPeriod)
+        self.last_read = float("-inf")
+        self.read_period = 30.0  # large clusters: read the kernel at most this often (kube-proxy's syncPeriod)
+        self.timing: dict[str, float] = {}  # the last sync's seconds: read, build, restore (for bench/)
 
     def save(self) -> str:
         return self.run([self.save_bin])
 
+    def read(self) -> tuple[set[str], dict[str, dict[str, list[str]]]]:
+        """What a full sync needs from the kernel: the nat chains' names, and the built-in chains' rules.
+
+        iptables-legacy-save reads the whole table in one system call anyway.
+        iptables-nft-save sorts the chain list with a first-element-pivot
+        quicksort (nft-cache.c), quadratic when the kernel holds the chains
+        in name order, as our restores create them; so with nft the chain
+        names come from `nft list chains` and the built-in chains from
+        `iptables -S CHAIN`, which fetches that chain alone.
+        """
+        if self.variant != "nft" or not shutil.which("nft"):
+            return scan_save(self.save())
+        nat_chains: set[str] = set()
+        table = ""
+        for line in self.run(["nft", "list", "chains", "ip"], check=False).splitlines():
+            words = line.split()
+            if len(words) >= 3 and words[0] == "table":
+                table = words[2]
+            elif len(words) >= 2 and words[0] == "chain" and table == "nat":
+                nat_chains.add(words[1])
+        builtin: dict[str, dict[str, list[str]]] = {}
+        for table, chains in BUILTIN.items():
+            for chain in chains:
+                for line in self.run([self.iptables_bin, "-t", table, "-S", chain], check=False).splitlines():
+                    if line.startswith(f"-A {chain} "):
+                        builtin.setdefault(table, {}).setdefault(chain, []).append(line[len(chain) + 4 :])
+        return nat_chains, builtin
+
     def sync(self, state: ProxyState, changed: set[ServicePortName] | None) -> SyncResult:
-        """syncProxyRules: build the text, add missing jumps, drop stale chains, restore once."""
-        full = changed is None
-        n_eps = sum(len(v) for v in state.endpoints.values())
-        large = n_eps > self.opts.large_cluster_endpoints
+        """syncProxyRules: plan the transaction, add missing jumps, restore once."""
+        t0 = time.perf_counter()
+        full = changed is None or not self.proxier.known
         existing = None
-        missing = list(JUMP_RULES) if full else []
-        # kube-proxy skips iptables-save in large clusters except once per syncPeriod.
-        if full or not large or time.monotonic() - self.last_cleanup > self.cleanup_period:
-            existing, builtin_rules = scan_save(self.save())
-            missing = jump_rules_missing(builtin_rules)
-            self.last_cleanup = time.monotonic()
-        services = None if full else {n.service for n in changed}
-        rs = build(state, services, self.opts, existing, self.cache)
+        missing: list[JumpRule] = []
+        if full:
+            large = sum(len(v) for v in state.endpoints.values()) > self.opts.large_cluster_endpoints
+            now = time.monotonic()
+            if not self.proxier.known or not large or now - self.last_read > self.read_period:
+                existing, builtin_rules = self.read()
+                missing = jump_rules_missing(builtin_rules)
+                self.last_read = now
+        t1 = time.perf_counter()
+        rs = self.proxier.plan(state, changed, existing)
         text = _with_jumps(rs.text, missing)
-        self.run([self.restore_bin, "--noflush", "--counters"], stdin=text)
+        t2 = time.perf_counter()
+        try:
+            if text:
+                self.run([self.restore_bin, "--noflush", "--counters"], stdin=text)
+        except BaseException:
+            self.proxier.abort()
+            raise
+        self.proxier.commit()
+        t3 = time.perf_counter()
+        self.timing = {"read": t1 - t0, "build": t2 - t1, "restore": t3 - t2}
         self.last_text = text
         return SyncResult(
-            full=full,
+            full=rs.full,
             rules=rs.nat_rules + rs.filter_rules,
-            chains=len(rs.nat_chains),
+            chains=rs.chains,
             stale_chains_removed=len(rs.stale_chains),
             bytes_written=len(text),
             details={"nat": rs.nat_rules, "filter": rs.filter_rules},
@@ -114,19 +172,25 @@ class IptablesBackend:
 
     def cleanup(self) -> None:
         """kube-proxy --cleanup: remove our jumps, then flush and delete every KUBE- chain."""
-        saved = parse(self.save())
+        self.proxier.abort()
+        tables = scan_tables(self.save())
         lines: list[str] = []
         for table in ("filter", "nat"):
-            chains = saved.chains.get(table)
-            if not chains:
+            if table not in tables:
+                continue
+            chains, builtin = tables[table]
+            ours = sorted((c for c in chains if c.startswith("KUBE-")), reverse=True)
+            deletes = [
+                f"-D {j.source} {r}"
+                for j in JUMP_RULES
+                if j.table == table
+                for r in builtin.get(j.source, [])
+                if _jumps_to(r, j.target)
+            ]
+            if not ours and not deletes:
                 continue
             lines.append(f"*{table}")
-            ours = [c for c in chains if c.startswith("KUBE-")]
-            for j in JUMP_RULES:
-                if j.table == table and any(r.target == j.target for r in chains.get(j.source, [])):
-                    for r in chains[j.source]:
-                        if r.target == j.target:
-                            lines.append(f"-D {j.source} {r.text}")
+            lines += list(dict.fromkeys(deletes))
             lines += [f":{c} - [0:0]" for c in ours]
             lines += [f"-X {c}" for c in ours]
             lines.append("COMMIT")
@@ -134,44 +198,59 @@ class IptablesBackend:
             self.run([self.restore_bin, "--noflush"], stdin="\n".join(lines) + "\n")
 
 
-def scan_save(text: str) -> tuple[set[str], dict[str, dict[str, list[str]]]]:
-    """From iptables-save: the nat table's chain names, and the built-in chains' rules.
+def _jumps_to(rule: str, target: str) -> bool:
+    return f" -j {target} " in f" {rule} "
 
-    What a sync needs (stale chains, missing jumps) without parsing every
-    rule: at 10k services the full parse costs seconds; this is a line scan.
+
+_SECTION = re.compile(r"^\*(\w+)\n(.*?)^COMMIT$", re.M | re.S)
+_CHAIN = re.compile(r"^:(\S+)", re.M)
+_BUILTIN_RULE = re.compile(r"^-A (PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) (.*)$", re.M)
+
+
+def scan_tables(text: str) -> dict[str, tuple[set[str], dict[str, list[str]]]]:
+    """From iptables-save: table -> (its chain names, its built-in chains' rules).
+
+    A regular-expression scan, not a parse of every rule: at 10k services
+    iptables-save is 8.8 MB, which proxy.walker.parse needs seconds for.
     """
-    nat_chains: set[str] = set()
-    builtin: dict[str, dict[str, list[str]]] = {}
-    table = ""
-    for line in text.splitlines():
-        if line.startswith("*"):
-            table = line[1:]
-        elif line.startswith(":"):
-            if table == "nat":
-                nat_chains.add(line[1:].split(" ", 1)[0])
-        elif line.startswith("-A ") and line[3:4].isupper():
-            chain, _, rest = line[3:].partition(" ")
+    out: dict[str, tuple[set[str], dict[str, list[str]]]] = {}
+    for m in _SECTION.finditer(text):
+        table, body = m.group(1), m.group(2)
+        builtin: dict[str, list[str]] = {}
+        for chain, rule in _BUILTIN_RULE.findall(body):
             if chain in BUILTIN.get(table, ()):
-                builtin.setdefault(table, {}).setdefault(chain, []).append(rest)
-    return nat_chains, builtin
+                builtin.setdefault(chain, []).append(rule)
+        out[table] = (set(_CHAIN.findall(body)), builtin)
+    return out
 
 
-def _with_jumps(text: str, missing: list) -> str:
+def scan_save(text: str) -> tuple[set[str], dict[str, dict[str, list[str]]]]:
+    """From iptables-save: the nat table's chain names, and the built-in chains' rules (table -> chain -> rules)."""
+    tables = scan_tables(text)
+    nat_chains = tables.get("nat", (set(), {}))[0]
+    return nat_chains, {t: b for t, (_, b) in tables.items() if b}
+
+
+def _with_jumps(text: str, missing: list[JumpRule]) -> str:
     """Insert missing built-in-chain jumps at the end of each table's section, before COMMIT.
 
     `-I CHAIN 1` in reverse list order leaves them in JUMP_RULES order at the
-    top of the built-in chain, as kube-proxy's EnsureRule(Prepend) does.
+    top of the built-in chain, as kube-proxy's EnsureRule(Prepend) does. A
+    table the text does not write gets a section of its own.
     """
     if not missing:
         return text
+    inserts: dict[str, list[str]] = {}
+    for j in reversed(missing):
+        inserts.setdefault(j.table, []).append(f"-I {j.source} 1 {j.args()}")
     out = []
     table = ""
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:]
         if line == "COMMIT":
-            for j in reversed(missing):
-                if j.table == table:
-                    out.append(f"-I {j.source} 1 {j.args()}")
+            out += inserts.pop(table, [])
         out.append(line)
+    for table, lines in inserts.items():
+        out += [f"*{table}", *lines, "COMMIT"]
     return "\n".join(out) + "\n"

@@ -12,6 +12,11 @@
   A sync that fails leaves the previous rules in place (iptables-restore is
   one transaction).
 - After each successful sync, stale UDP conntrack entries are flushed.
+- Input is taken in object by object, as kube-proxy's change trackers do:
+  a changed Service or EndpointSlice is validated and turned into proxier
+  values once, and only the services it touches are compared with the last
+  applied state. The resulting state is the one proxy.model.build_state
+  would build from every object (tests/unit/test_proxy_loop.py checks it).
 """
 
 from __future__ import annotations
@@ -27,7 +32,18 @@ from netlab.errors import SpecError
 from proxy import conntrack
 from proxy.backend import Backend, SyncResult
 from proxy.metrics import Metrics
-from proxy.model import NodeContext, ProxyState, build_state, validate_endpointslice, validate_service
+from proxy.model import (
+    SERVICE_NAME_LABEL,
+    Endpoint,
+    NodeContext,
+    ProxyState,
+    ServicePort,
+    ServicePortName,
+    endpoints_for,
+    service_ports,
+    validate_endpointslice,
+    validate_service,
+)
 from proxy.sources import Source
 
 log = logging.getLogger("netlab.proxy")
@@ -64,6 +80,17 @@ class ProxyLoop:
         self.invalid: dict[str, str] = {}
         self._good: dict[str, dict[str, Any]] = {}  # key -> last valid normalized object
         self._checked: dict[str, tuple[Any, str]] = {}  # key -> (Document validated, its error or "")
+        # The proxier values, kept up to date object by object (see _take_in).
+        self._node_seen: NodeContext | None = None
+        self._used: dict[str, dict[str, Any]] = {}  # key -> the object its values came from
+        self._svc_ports: dict[tuple[str, str], list[ServicePort]] = {}  # (ns, name) -> its ports
+        self._slices: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # (ns, service) -> key -> slice
+        self._eps_of: dict[tuple[str, str], list[ServicePortName]] = {}  # (ns, service) -> ports with endpoints
+        self._services: dict[ServicePortName, ServicePort] = {}
+        self._endpoints: dict[ServicePortName, tuple[Endpoint, ...]] = {}  # of known ports only
+        self._eps_stale: set[tuple[str, str]] = set()  # services whose endpoints need recomputing
+        self._dirty: set[tuple[str, str]] | None = None  # services touched since the last sync; None: unknown
+        self._applied_ports: dict[tuple[str, str], set[ServicePortName]] = {}  # of self.applied
         self.syncs = 0
         self.synced = threading.Event()  # set after each successful sync (tests wait on it)
 
@@ -71,18 +98,38 @@ class ProxyLoop:
         return self._node() if callable(self._node) else self._node
 
     # -- input ---------------------------------------------------------------------
+    #
+    # As kube-proxy's ServiceChangeTracker and EndpointsChangeTracker: each object is
+    # turned into proxier values once per version, and a sync only revisits the
+    # services whose Service or EndpointSlices changed. At 10k services, rebuilding
+    # the whole ProxyState and diffing it on every sync cost 0.3-0.8 s, fifteen times
+    # an iptables partial sync.
 
-    def _validated(self) -> tuple[list[dict], list[dict]]:
-        """Valid objects; invalid ones fall back to their last good version."""
+    def _take_in(self, node: NodeContext) -> None:
+        """Validate what changed in the source, and update the proxier values from it.
+
+        Invalid objects fall back to their last good version (or stay out if
+        they never had one). Services whose ports or endpoints may have
+        changed are added to self._dirty.
+        """
         docs = self.source.documents()
         invalid = dict(self.source.errors())
-        services, slices = [], []
-        for key in list(self._good):
-            if key not in docs:
-                del self._good[key]
+        if node != self._node_seen:  # endpoints' is_local depends on the node: start over
+            self._node_seen = node
+            self._used.clear()
+            self._svc_ports.clear()
+            self._slices.clear()
+            self._eps_of.clear()
+            self._services.clear()
+            self._endpoints.clear()
+            self._dirty = None
         for key in list(self._checked):
             if key not in docs:
                 del self._checked[key]
+                self._good.pop(key, None)
+        for key in list(self._used):
+            if key not in docs:
+                self._forget(key)
         for key, doc in docs.items():
             seen = self._checked.get(key)
             if seen is not None and seen[0] is doc:  # sources keep unchanged Documents: validated already
@@ -98,27 +145,120 @@ class ProxyLoop:
             if err:
                 invalid[key] = err
             obj = self._good.get(key)
-            if obj is None:
-                continue
-            (services if key.startswith(st.SERVICES) else slices).append(obj)
+            if obj is not self._used.get(key):
+                self._forget(key)
+                if obj is not None:
+                    self._add(key, obj)
         if invalid != self.invalid:
             for key, msg in invalid.items():
                 if self.invalid.get(key) != msg:
                     log.error("invalid object %s (keeping its last good version): %s", key, msg)
         self.invalid = invalid
         self.metrics.invalid_objects = len(invalid)
-        return services, slices
+        self._refresh_endpoints(node)
+
+    def _mark(self, service: tuple[str, str]) -> None:
+        if self._dirty is not None:
+            self._dirty.add(service)
+        self._eps_stale.add(service)
+
+    def _forget(self, key: str) -> None:
+        """Take back what the object at `key` contributed."""
+        obj = self._used.pop(key, None)
+        if obj is None:
+            return
+        if key.startswith(st.SERVICES):
+            service = _service_of(obj)
+            for sp in self._svc_ports.pop(service, ()):
+                if self._services.get(sp.name) is sp:
+                    del self._services[sp.name]
+            self._mark(service)
+        else:
+            service = _slice_service(obj)
+            if service is not None:
+                slices = self._slices[service]
+                slices.pop(key, None)
+                if not slices:
+                    del self._slices[service]
+                self._mark(service)
+
+    def _add(self, key: str, obj: dict) -> None:
+        self._used[key] = obj
+        if key.startswith(st.SERVICES):
+            service = _service_of(obj)
+            ports = service_ports(obj)
+            self._svc_ports[service] = ports
+            for sp in ports:
+                self._services[sp.name] = sp
+            self._mark(service)
+        else:
+            service = _slice_service(obj)
+            if service is not None:
+                self._slices.setdefault(service, {})[key] = obj
+                self._mark(service)
+
+    def _refresh_endpoints(self, node: NodeContext) -> None:
+        """Endpoints of the services marked since the last call, from their slices alone.
+
+        A slice only feeds the ports of the service its label names, so this
+        is exactly proxy.model.build_state's endpoints for those services.
+        """
+        for service in self._eps_stale:
+            for name in self._eps_of.pop(service, ()):
+                self._endpoints.pop(name, None)
+            slices = self._slices.get(service)
+            eps = endpoints_for(slices.values(), node.node_name) if slices else {}
+            self._eps_of[service] = list(eps)
+            for name, v in eps.items():
+                if name in self._services:
+                    self._endpoints[name] = v
+        self._eps_stale.clear()
+
+    def _state(self, node: NodeContext) -> tuple[ProxyState, set[ServicePortName] | None]:
+        """The state to sync to, and the service ports that differ from the last applied state
+        (None when that state is unknown: everything is new)."""
+        self._take_in(node)
+        state = ProxyState(node=node, services=dict(self._services), endpoints=dict(self._endpoints))
+        old = self.applied
+        if self._dirty is None or old is None or old.node != node:
+            return state, state.changed_from(old)
+        changed: set[ServicePortName] = set()
+        for service in self._dirty:
+            names = {sp.name for sp in self._svc_ports.get(service, ())}
+            names.update(self._applied_ports.get(service, ()))
+            for name in names:
+                if state.services.get(name) != old.services.get(name) or state.endpoints_of(
+                    name
+                ) != old.endpoints_of(name):
+                    changed.add(name)
+        return state, changed
+
+    def _applied_now(self, state: ProxyState) -> None:
+        """`state` is in the kernel: the ports per service that the next diff starts from."""
+        if self._dirty is None:
+            self._applied_ports = {}
+            for name in state.services:
+                self._applied_ports.setdefault(name.service, set()).add(name)
+        else:
+            for service in self._dirty:
+                names = {sp.name for sp in self._svc_ports.get(service, ())}
+                if names:
+                    self._applied_ports[service] = names
+                else:
+                    self._applied_ports.pop(service, None)
+        self._dirty = set()
 
     # -- one sync ------------------------------------------------------------------
 
     def sync_once(self, force_full: bool = False) -> SyncResult | None:
         """Build the state and hand it to the backend; None if nothing needed doing."""
-        services, slices = self._validated()
-        state = build_state(services, slices, self.node())
+        state, diff = self._state(self.node())
         full = force_full or self.need_full
-        changed = None if full else state.changed_from(self.applied)
+        changed = None if full else diff
         if changed is not None and not changed:
             self.pending = False
+            if self._dirty is not None:
+                self._dirty = set()  # the state is the applied one, value for value
             return None
         start = time.monotonic()
         self.last_sync = start
@@ -138,6 +278,7 @@ class ProxyLoop:
             except Exception as e:  # noqa: BLE001 - a failed flush must not undo a good sync
                 log.warning("conntrack flush failed: %s", e)
         self.applied = state
+        self._applied_now(state)
         self.need_full = False
         self.pending = False
         if result.full:
@@ -189,3 +330,14 @@ class ProxyLoop:
             "rules": dict(self.metrics.rules),
         }
 
+
+def _service_of(svc: dict[str, Any]) -> tuple[str, str]:
+    meta = svc.get("metadata", {})
+    return (meta.get("namespace", "default"), meta["name"])
+
+
+def _slice_service(sl: dict[str, Any]) -> tuple[str, str] | None:
+    """(namespace, service) an EndpointSlice feeds, by its kubernetes.io/service-name label."""
+    meta = sl.get("metadata", {})
+    svc = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    return (meta.get("namespace", "default"), svc) if svc else None

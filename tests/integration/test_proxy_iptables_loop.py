@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +20,9 @@ import time
 import pytest
 
 from netlab import netns
-from tests.integration.test_proxy_iptables_flows import build_fabric, check_flow, connect
+from proxy.iptables_apply import IptablesBackend
+from tests.integration.test_proxy_iptables_flows import Fabric, build_fabric, check_flow, connect, flow_state
+from tests.unit.test_proxy_iptables import _mutate
 from tests.packet_flows import FLOWS, OBJECTS, PROXY_NODE, TOPOLOGY
 
 WEB = next(f for f in FLOWS if f.name == "clusterip-several-endpoints")
@@ -211,3 +215,34 @@ def test_stale_udp_entries_are_flushed_when_an_endpoint_goes(lab):
         assert sock.recv(4096).decode().split()[0] == "a1"
     finally:
         sock.close()
+
+
+def saved_tables(ns: str, variant: str) -> str:
+    """iptables-save of a namespace, without its timestamp comments and counters."""
+    out = netns.run_in(ns, [f"iptables-{variant}-save"], capture_output=True, text=True, check=True).stdout
+    return "\n".join(re.sub(r" \[\d+:\d+\]$", "", l) for l in out.splitlines() if not l.startswith("#"))
+
+
+@pytest.mark.parametrize("variant", ["nft", "legacy"])
+def test_partial_syncs_leave_the_tables_a_full_sync_writes(variant):
+    """Random partial syncs in the kernel, then: a full resync changes nothing, and a fresh
+    namespace given one full sync of the same state saves to the same tables."""
+    rng = random.Random(5)
+    f = Fabric()
+    try:
+        partial_ns, full_ns = f.ns("partial"), f.ns("full")
+        backend = IptablesBackend(partial_ns, variant)
+        state = flow_state()
+        backend.sync(state, None)
+        spare: dict = {}
+        for _ in range(20):
+            new = _mutate(rng, state, spare)
+            assert not backend.sync(new, new.changed_from(state)).full
+            state = new
+        after_partials = saved_tables(partial_ns, variant)
+        assert backend.sync(state, None).full
+        assert saved_tables(partial_ns, variant) == after_partials
+        IptablesBackend(full_ns, variant).sync(state, None)
+        assert saved_tables(full_ns, variant) == after_partials
+    finally:
+        f.close()

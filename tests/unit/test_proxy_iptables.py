@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import textwrap
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from netlab.spec.source import load_text
 from proxy.iptables import (
     Options,
+    Proxier,
     build,
     probability,
     service_port_chain_name,
@@ -292,3 +295,141 @@ def test_the_per_service_cache_changes_nothing_but_time():
     assert len(cache) == len(st.services)
     build(ProxyState(st.node, {}, {}), None, GOLDEN_OPTS, cache=cache)
     assert cache == {}  # deleted services leave the cache
+
+
+# -- Proxier: kube-proxy's partial syncs with memory of what the kernel holds ----------------
+
+
+def _apply(kernel, text: str):
+    """What `iptables-restore --noflush` of `text` leaves, on the walker's model of the tables."""
+    return parse(text, into=kernel)
+
+
+def _mutate(rng: random.Random, st: ProxyState, spare: dict) -> ProxyState:
+    """One random change a cluster makes: endpoints come and go, services too, a spec changes."""
+    services, endpoints = dict(st.services), dict(st.endpoints)
+    name = rng.choice(sorted(set(services) | set(spare)))
+    op = rng.randrange(6)
+    if name in spare:
+        services[name], eps = spare.pop(name)
+        if eps:
+            endpoints[name] = eps
+    elif op == 0:
+        spare[name] = (services.pop(name), endpoints.pop(name, ()))
+    elif op == 1:
+        endpoints.pop(name, None)  # no endpoints: REJECT, in the filter table
+    elif op == 2:
+        ep = Endpoint(f"10.181.{rng.randrange(256)}.{rng.randrange(1, 255)}", 80, is_local=rng.random() < 0.5)
+        endpoints[name] = (*endpoints.get(name, ()), ep)
+    elif op == 3 and endpoints.get(name):
+        eps = list(endpoints[name])
+        eps.pop(rng.randrange(len(eps)))
+        endpoints[name] = tuple(eps)
+    elif op == 4:
+        sp = services[name]
+        services[name] = dataclasses.replace(
+            sp, session_affinity_client_ip=not sp.session_affinity_client_ip, sticky_max_age_seconds=10800
+        )
+    else:
+        sp = services[name]
+        services[name] = dataclasses.replace(sp, external_ips=() if sp.external_ips else ("192.168.99.77",))
+    return ProxyState(st.node, services, endpoints)
+
+
+def test_proxier_full_sync_is_the_golden_ruleset():
+    px = Proxier(GOLDEN_OPTS)
+    rs = px.plan(golden_state())
+    assert canonical(rs.text) == canonical(GOLDEN_EXPECTED)
+    full = build(golden_state(), None, GOLDEN_OPTS)
+    assert (rs.nat_rules, rs.filter_rules, rs.chains) == (full.nat_rules, full.filter_rules, full.chains)
+
+
+def test_proxier_endpoint_change_leaves_kube_services_alone():
+    px = Proxier(GOLDEN_OPTS)
+    kernel = _apply(None, px.plan(_state_with(2)).text)
+    px.commit()
+    new = _state_with(3)
+    rs = px.plan(new, new.changed_from(_state_with(2)))
+    declared = {l[1:].split()[0] for l in rs.text.splitlines() if l.startswith(":")}
+    svc1 = service_port_chain_name("KUBE-SVC-", "ns1/svc1:p80", "tcp")
+    # Only svc1's chains: its KUBE-SERVICES line is the same, so the chain is not rewritten.
+    assert svc1 in declared and not declared & {"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING"}
+    assert "*filter" not in rs.text
+    assert not rs.full and rs.nat_rules == build(new, None, GOLDEN_OPTS).nat_rules
+    px.commit()
+    assert _apply(kernel, rs.text).texts() == canonical(build(new, None, GOLDEN_OPTS).text)
+
+
+def test_proxier_rewrites_kube_services_whole_when_a_service_comes_or_goes():
+    px = Proxier(GOLDEN_OPTS)
+    st = golden_state()
+    kernel = _apply(None, px.plan(st).text)
+    px.commit()
+    gone = next(n for n in st.services if n.name == "svc3")
+    services = {k: v for k, v in st.services.items() if k != gone}
+    endpoints = {k: v for k, v in st.endpoints.items() if k != gone}
+    new = ProxyState(st.node, services, endpoints)
+    rs = px.plan(new, new.changed_from(st))
+    svc3 = service_port_chain_name("KUBE-SVC-", "ns3/svc3:p80", "tcp")
+    assert ":KUBE-SERVICES - [0:0]" in rs.text and ":KUBE-NODEPORTS - [0:0]" in rs.text
+    assert f"-X {svc3}" in rs.text and svc3 in rs.stale_chains
+    assert "-A KUBE-SERVICES -m comment --comment \"ns1/svc1:p80 cluster IP\"" in rs.text  # whole
+    px.commit()
+    assert _apply(kernel, rs.text).texts() == canonical(build(new, None, GOLDEN_OPTS).text)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_proxier_random_partial_syncs_end_where_a_full_sync_starts(seed):
+    """After any run of partial syncs, the tables are exactly what one full sync writes."""
+    rng = random.Random(seed)
+    opts = Options(localhost_nodeports=True, nfacct=True, random_fully=False, large_cluster_endpoints=8)
+    px = Proxier(opts)
+    st = golden_state()
+    kernel = _apply(None, px.plan(st).text)
+    px.commit()
+    spare: dict = {}
+    for _ in range(25):
+        new = _mutate(rng, st, spare)
+        rs = px.plan(new, new.changed_from(st))
+        _apply(kernel, rs.text)
+        px.commit()
+        fresh = build(new, None, opts)
+        assert kernel.texts() == canonical(fresh.text)
+        assert (rs.nat_rules, rs.filter_rules, rs.chains) == (fresh.nat_rules, fresh.filter_rules, fresh.chains)
+        st = new
+    # A full sync over the result writes the same tables again, and deletes nothing.
+    rs = px.plan(st)
+    assert rs.full and not rs.stale_chains
+    assert _apply(kernel, rs.text).texts() == canonical(build(st, None, opts).text)
+
+
+def test_proxier_after_a_failed_transaction_plans_a_full_sync():
+    px = Proxier(GOLDEN_OPTS)
+    px.plan(_state_with(2))
+    px.commit()
+    new = _state_with(3)
+    px.plan(new, new.changed_from(_state_with(2)))
+    px.abort()
+    assert not px.known
+    rs = px.plan(_state_with(1), {next(n for n in new.services if n.name == "svc1")})
+    assert rs.full and canonical(rs.text) == canonical(build(_state_with(1), None, GOLDEN_OPTS).text)
+
+
+def test_proxier_with_nothing_to_change_writes_nothing():
+    px = Proxier(GOLDEN_OPTS)
+    st = golden_state()
+    px.plan(st)
+    px.commit()
+    rs = px.plan(st, {next(iter(st.services))})  # "changed", but its rules are the same
+    declared = {l[1:].split()[0] for l in rs.text.splitlines() if l.startswith(":")}
+    assert not declared & {"KUBE-SERVICES", "KUBE-NODEPORTS"} and "*filter" not in rs.text
+
+
+def test_nat_chains_are_declared_and_written_largest_name_first():
+    """For iptables-nft-restore's sorted chain list (see proxy/iptables.py): same tables, other order."""
+    text = build(golden_state(), None, GOLDEN_OPTS).text
+    nat = text.split("*nat\n")[1].splitlines()
+    declared = [l[1:].split()[0] for l in nat if l.startswith(":")]
+    assert declared == sorted(declared, reverse=True)
+    written = [l.split()[1] for l in nat if l.startswith("-A")]
+    assert written == sorted(written, reverse=True)  # each chain's rules together, in chain order

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import random
+
+import pytest
 
 from netlab.spec.source import Document, load_text
 from netlab import store as st
 from proxy.backend import SyncError, SyncResult
 from proxy.loop import ProxyLoop
-from proxy.model import NodeContext
+from proxy.model import NodeContext, build_state
 from tests.packet_flows import OBJECTS
 
 
@@ -105,3 +108,78 @@ def test_invalid_object_keeps_its_last_good_version():
     src.edit(st.SERVICES + "default/web", lambda d: d["spec"]["ports"][0].update(port=81))
     loop.step()
     assert loop.status()["invalidObjects"] == {} and len(be.calls) == 2
+
+
+class RecordingBackend(FakeBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.states: list = []
+
+    def sync(self, state, changed):
+        self.states.append(state)
+        return super().sync(state, changed)
+
+
+def _expected_state(src: FakeSource, loop: ProxyLoop):
+    """What build_state makes of every object's last good version: what the loop must sync to."""
+    keys = [k for k in src.docs if k in loop._good]
+    services = [loop._good[k] for k in keys if k.startswith(st.SERVICES)]
+    slices = [loop._good[k] for k in keys if not k.startswith(st.SERVICES)]
+    return build_state(services, slices, loop.node())
+
+
+def _random_edit(rng: random.Random, src: FakeSource, removed: dict) -> None:
+    keys = sorted(src.docs)
+    key = rng.choice(keys + sorted(removed))
+    if key in removed:
+        src.docs[key] = removed.pop(key)
+        src.changed = True
+        return
+    op = rng.randrange(6)
+    if op == 0:
+        removed[key] = src.docs.pop(key)
+        src.changed = True
+    elif key.startswith(st.SERVICES):
+        if op == 1:  # invalid: the last good version stays
+            src.edit(key, lambda d: d["spec"]["ports"][0].update(port=70000))
+        elif op == 2:
+            src.edit(key, lambda d: d["spec"].update(sessionAffinity="ClientIP"))
+        else:
+            src.edit(key, lambda d: d["spec"]["ports"][0].update(port=rng.randrange(1, 65535)))
+    else:
+        def change(d):
+            eps = d.get("endpoints") or []
+            if op == 1 and eps:
+                eps.pop(rng.randrange(len(eps)))
+            elif op == 2:
+                eps.append({"addresses": [f"10.244.9.{rng.randrange(1, 255)}"], "nodeName": "node-a"})
+            elif op == 3:  # the slice now feeds another service
+                d["metadata"]["labels"]["kubernetes.io/service-name"] = rng.choice(["web", "web-udp", "nope"])
+            elif eps:
+                eps[0]["conditions"] = {"ready": rng.random() < 0.5}
+            d["endpoints"] = eps
+        src.edit(key, change)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_incremental_state_is_build_state_and_changes_are_changed_from(seed):
+    """The loop keeps proxier values object by object; they must be what a rebuild gives."""
+    rng = random.Random(seed)
+    src, be = FakeSource(), RecordingBackend()
+    loop = ProxyLoop(src, be, NodeContext(node_name="node-a"), min_sync_period=0.0, sync_period=3600)
+    loop.step()
+    applied = loop.applied
+    assert applied == _expected_state(src, loop)
+    removed: dict = {}
+    for _ in range(40):
+        _random_edit(rng, src, removed)
+        n = len(be.calls)
+        loop.step()
+        expected = _expected_state(src, loop)
+        if len(be.calls) > n:
+            assert be.states[-1] == expected
+            assert be.calls[-1] == expected.changed_from(applied)
+            applied = expected
+        else:  # no sync: nothing that reaches the rules changed (a port with no endpoints == none listed)
+            assert not expected.changed_from(applied)
+        assert loop.applied is be.states[-1]
