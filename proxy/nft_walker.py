@@ -72,6 +72,39 @@ def _hook_def(rs: Ruleset, chain: str, text: str) -> None:
         rs.hooks.setdefault(m.group(2), []).append((_prio(m.group(3)), m.group(1), chain))
 
 
+def _block_items(body: str) -> list[str]:
+    """`{ a ; b { c, d } ; "e;f" }` -> ["a", "b { c, d }", '"e;f"']: top-level `;`-separated items."""
+    body = body.strip()
+    if body.startswith("{") and body.endswith("}"):
+        body = body[1:-1]
+    items, cur, depth, quoted = [], [], 0, False
+    for ch in body:
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch in "{}":
+            depth += 1 if ch == "{" else -1
+        elif not quoted and depth == 0 and ch == ";":
+            items.append("".join(cur).strip())
+            cur = []
+            continue
+        cur.append(ch)
+    items.append("".join(cur).strip())
+    return [i for i in items if i]
+
+
+def _chain_block(rs: Ruleset, name: str, body: str) -> None:
+    """`add chain T NAME { type ... ; }` or `{ rule ; rule ; }`: the hook, and rules appended."""
+    if not body.strip():
+        return
+    for item in _block_items(body):
+        if item.startswith("type "):
+            _hook_def(rs, name, item + " ;")
+        elif item.split()[0] in ("comment", "policy", "devices", "flags"):
+            continue
+        else:
+            rs.chains[name].append(_strip_comment(item))
+
+
 def parse(text: str) -> Ruleset:
     """A ruleset from `nft -f` transaction text or from `nft list table` output."""
     rs = Ruleset()
@@ -91,7 +124,7 @@ def parse(text: str) -> Ruleset:
         if what == "chain":
             if verb == "add":
                 rs.chains.setdefault(name, [])
-                _hook_def(rs, name, rest)
+                _chain_block(rs, name, rest)
             elif verb == "flush":
                 rs.chains[name] = []
             else:

@@ -266,7 +266,7 @@ def _base_text(node: NodeContext, service_cidr: str | None) -> list[str]:
     fixed[REJECT_CHAIN] = ["reject"]
     for chain, rules in fixed.items():
         lines.append(f"flush chain {T} {chain}")
-        lines += [f"add rule {T} {chain} {r}" for r in rules]
+        lines += _rules_line(chain, rules)
     return lines
 
 
@@ -281,6 +281,7 @@ class Applied:
     services: dict[ServicePortName, ServiceRules] = field(default_factory=dict)
     cluster_ips: set[str] = field(default_factory=set)
     nodeport_ips: set[str] = field(default_factory=set)
+    stale: dict[str, float] = field(default_factory=dict)  # flushed chains awaiting deletion -> since
 
 
 @dataclass
@@ -297,16 +298,34 @@ def _globals(state: ProxyState) -> tuple[set[str], set[str]]:
     return cips, set(nodeport_addresses(state.node))
 
 
+def _rules_line(name: str, rules: list[str]) -> list[str]:
+    """A chain's rules as one `add chain NAME { rule ; rule ; }` (none: nothing).
+
+    Not `add rule NAME ...`: for that nft first dumps every chain of the
+    table from the kernel into its cache (0.7-1.3 s with 30k services, nft
+    1.0.6), while `add chain` with a body needs no cache; the kernel still
+    checks every jump and goto target.
+    """
+    return [f"add chain {T} {name} {{ {' ; '.join(rules)} ; }}"] if rules else []
+
+
 def _chain_lines(name: str, rules: list[str]) -> list[str]:
-    return [f"add chain {T} {name}", f"flush chain {T} {name}"] + [
-        f"add rule {T} {name} {r}" for r in rules
-    ]
+    return [f"add chain {T} {name}", f"flush chain {T} {name}"] + _rules_line(name, rules)
+
+
+# A chain that falls out of use is flushed at once and deleted by a later full sync, once
+# it has been stale this long: kube-proxy's staleChains (a kernel before 6.2 notices only a
+# little after a transaction that a deleted map element no longer references the chain).
+# A partial sync so never deletes a chain, and needs no cache from the kernel for it.
+STALE_CHAIN_AGE = 1.0
 
 
 VERDICT_MAPS = (SERVICE_IPS, SERVICE_NODEPORTS, NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS, FIREWALL_IPS)
 
 
-def full_text(state: ProxyState, service_cidr: str | None = None, applied: Applied | None = None) -> Rendered:
+def full_text(
+    state: ProxyState, service_cidr: str | None = None, applied: Applied | None = None, now: float = 0.0
+) -> Rendered:
     """The whole table as one transaction (kube-proxy's full sync).
 
     `applied` is what the previous successful sync left in the kernel. Without
@@ -315,8 +334,9 @@ def full_text(state: ProxyState, service_cidr: str | None = None, applied: Appli
     nothing). With it, as kube-proxy's full sync: every chain is added and
     flushed before its rules are written, the verdict maps and address sets
     are flushed and refilled, affinity sets are kept (a client's stickiness
-    survives the sync; one whose timeout changed is recreated), and what
-    `applied` had but `state` no longer needs is flushed, then deleted.
+    survives the sync; one whose timeout changed is recreated), chains
+    `state` no longer needs are flushed, and chains flushed at least
+    STALE_CHAIN_AGE seconds before `now` are deleted.
     """
     ensure = applied is not None
     lines = [] if ensure else [f"add table {T}", f"delete table {T}"]
@@ -342,7 +362,7 @@ def full_text(state: ProxyState, service_cidr: str | None = None, applied: Appli
                 add(f"delete set {T} {name}")  # its referring rules were flushed just above
             add(f"add set {T} {name} {{ {body} }}")
         for name, body in sr.chains.items():
-            lines += [f"add rule {T} {name} {r}" for r in body]
+            lines += _rules_line(name, body)
             rules += len(body)
             chains += 1
         for m, kv in sr.elements.items():
@@ -357,20 +377,31 @@ def full_text(state: ProxyState, service_cidr: str | None = None, applied: Appli
         want_sets = {n for sr in new.services.values() for n in sr.sets}
         stale = sorted({c for sr in applied.services.values() for c in sr.chains} - want_chains)
         stale_sets = sorted({n for sr in applied.services.values() for n in sr.sets} - want_sets)
-        lines += [f"flush chain {T} {c}" for c in stale] + [f"delete chain {T} {c}" for c in stale]
+        lines += [f"flush chain {T} {c}" for c in stale]
+        new.stale = {c: now for c in stale}
+        for c, since in sorted(applied.stale.items()):
+            if c in want_chains or c in new.stale:
+                continue  # in use again (rewritten above)
+            if now - since >= STALE_CHAIN_AGE:
+                add(f"delete chain {T} {c}")  # empty since an earlier transaction
+            else:
+                new.stale[c] = since
         lines += [f"delete set {T} {n}" for n in stale_sets]
     return Rendered("\n".join(lines) + "\n", new, rules, chains, len(state.services))
 
 
-def partial_text(state: ProxyState, changed: Iterable[ServicePortName], applied: Applied) -> Rendered | None:
+def partial_text(
+    state: ProxyState, changed: Iterable[ServicePortName], applied: Applied, now: float = 0.0
+) -> Rendered | None:
     """Only the changed service ports' chains, sets and elements (kube-proxy's partial sync).
 
     Transaction order keeps every reference valid: stale elements go first,
-    then chains are (re)written, then new elements are added, and stale
-    chains and sets are flushed and deleted last. None: this change needs
-    a full sync (an affinity set's timeout changed).
+    then chains are (re)written, then new elements are added; stale chains
+    are flushed last (a later full sync deletes them: STALE_CHAIN_AGE) and
+    stale affinity sets deleted. None: this change needs a full sync (an
+    affinity set's timeout changed).
     """
-    new = Applied(services=dict(applied.services))
+    new = Applied(services=dict(applied.services), stale=dict(applied.stale))
     new.cluster_ips, new.nodeport_ips = _globals(state)
     dels: list[str] = []
     writes: list[str] = []
@@ -402,8 +433,9 @@ def partial_text(state: ProxyState, changed: Iterable[ServicePortName], applied:
             if name not in old.sets:
                 writes.append(f"add set {T} {name} {{ {body} }}")
         for name, body in cur.chains.items():
-            if old.chains.get(name) != body:
+            if old.chains.get(name) != body or name in new.stale:
                 writes += _chain_lines(name, body)
+                new.stale.pop(name, None)
                 rules += len(body)
                 chains += 1
         stale += [n for n in old.chains if n not in cur.chains]
@@ -414,7 +446,8 @@ def partial_text(state: ProxyState, changed: Iterable[ServicePortName], applied:
             dels.append(f"delete element {T} {s} {{ {', '.join(sorted(before - after, key=_ip_key))} }}")
         if after - before:
             adds.append(f"add element {T} {s} {{ {', '.join(sorted(after - before, key=_ip_key))} }}")
-    tail = [f"flush chain {T} {n}" for n in stale] + [f"delete chain {T} {n}" for n in stale]
+    tail = [f"flush chain {T} {n}" for n in stale]
+    new.stale.update((n, now) for n in stale)
     tail += [f"delete set {T} {n}" for n in stale_sets]
     lines = dels + writes + adds + tail
     return Rendered("\n".join(lines) + ("\n" if lines else ""), new, rules, chains, touched)

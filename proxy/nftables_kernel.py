@@ -5,13 +5,16 @@ kernel applies it all or nothing. A full sync rewrites every chain, map and
 set (replacing the table when the backend does not know what is in it); a
 partial sync (the loop passes the changed service ports) rewrites only their
 chains and map elements, against what the last successful sync applied.
-Nothing is read back from the kernel on a sync. A failed transaction leaves
+Nothing is read back from the kernel on a sync, and a partial sync that
+changes only chains (an endpoint came or went) is written so that `nft`
+needs no cache of the table either (see proxy/nftables.py's `_rules_line`). A failed transaction leaves
 the old table intact and makes the next sync a replacing one.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from netlab import netns
 from proxy.backend import SyncError, SyncResult
@@ -24,9 +27,12 @@ class NftablesBackend:
 
     name = "nftables"
 
-    def __init__(self, netns_name: str, service_cidr: str | None = None) -> None:
+    def __init__(
+        self, netns_name: str, service_cidr: str | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.netns_name = netns_name
         self.service_cidr = service_cidr  # kube-proxy's --service-cluster-ip-range (drop unallocated VIPs)
+        self.clock = clock  # when chains went stale (they are deleted STALE_CHAIN_AGE later)
         self._applied: Applied | None = None
         self.last_text = ""
 
@@ -39,12 +45,12 @@ class NftablesBackend:
         t0 = time.perf_counter()
         r = None
         if changed is not None and self._applied is not None:
-            r = partial_text(state, changed, self._applied)
+            r = partial_text(state, changed, self._applied, self.clock())
         full = r is None
         if r is None:
             # With the last sync's record: kube-proxy's full sync over the live table (affinity
             # sets kept). Without one (first sync, after a failure): the table is replaced.
-            r = full_text(state, self.service_cidr, self._applied)
+            r = full_text(state, self.service_cidr, self._applied, self.clock())
         try:
             if r.text:
                 self._nft(r.text)

@@ -68,14 +68,19 @@ def test_full_text_has_kube_proxys_structure():
     text = full_text(flow_state(), TOPOLOGY.service_cidr).text
     assert text.startswith("add table ip kube-proxy\ndelete table ip kube-proxy\n")
     assert "add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; }" in text
-    assert "add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips" in text
-    assert "add rule ip kube-proxy masquerading masquerade fully-random" in text
+    lines = text.splitlines()
+    # Rules go in as `add chain NAME { ... }` (no `add rule`: it makes nft read every chain back first).
+    assert not [l for l in lines if l.startswith("add rule")]
+    assert ("add chain ip kube-proxy services { ip daddr . meta l4proto . th dport vmap @service-ips ; "
+            "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports ; }") in lines
+    assert ("add chain ip kube-proxy masquerading { mark and 0x4000 == 0 return ; mark set mark xor 0x4000 ; "
+            "masquerade fully-random ; }") in lines
     web = hash_and_truncate("default/web/tcp/")
     assert f"10.96.0.10 . tcp . 80 : goto service-{web}" in text
     # The endpoint choice: a numgen ladder (no anonymous set per service; see proxy/nftables.py).
     a1, a2 = (hash_and_truncate(f"default/web/tcp/__{TOPOLOGY.pod(p).ip}/8080") for p in ("a1", "a2"))
-    assert (f"add rule ip kube-proxy service-{web} numgen random mod 2 0 goto endpoint-{a1}\n"
-            f"add rule ip kube-proxy service-{web} goto endpoint-{a2}\n") in text
+    assert (f"add chain ip kube-proxy service-{web} {{ ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 "
+            f"jump mark-for-masquerade ; numgen random mod 2 0 goto endpoint-{a1} ; goto endpoint-{a2} ; }}") in lines
     assert "vmap {" not in text
     assert "10.96.0.20 . tcp . 80 : goto reject-chain" in text  # no endpoints: rejected
     assert "tcp . 30082 : drop" in text  # Local, none here: dropped
@@ -91,7 +96,14 @@ def test_partial_sync_names_only_the_changed_service():
     assert r is not None and r.touched_services == 1
     lines = r.text.splitlines()
     assert all("default/web/" in l for l in lines if "chain" in l or "service-ips" in l), r.text
-    assert any(l.startswith("delete chain ip kube-proxy endpoint-") for l in lines)
+    # Only commands nft runs without reading the table back: the gone endpoint's chain is flushed...
+    assert {" ".join(l.split()[:2]) for l in lines} == {"add chain", "flush chain"}, r.text
+    gone = [l.split()[-1] for l in lines if l.startswith("flush chain ip kube-proxy endpoint-")]
+    assert len(gone) == 1 and r.applied.stale == {gone[0]: 0.0}
+    # ...and deleted by the first full sync at least STALE_CHAIN_AGE later (kube-proxy's staleChains).
+    assert f"delete chain ip kube-proxy {gone[0]}" not in full_text(after, applied=r.applied, now=0.5).text
+    later = full_text(after, applied=r.applied, now=1.0)
+    assert f"delete chain ip kube-proxy {gone[0]}" in later.text.splitlines() and later.applied.stale == {}
     # The walker applying the partial text on top of the full one reaches the same result as a full sync.
     w = walker_for(full_text(before).text + r.text)
     flow = FLOWS[0]
@@ -163,9 +175,15 @@ def test_full_sync_over_a_known_table_keeps_affinity_sets_and_drops_stale_chains
     web = hash_and_truncate("default/web/tcp/")
     assert lines.index(f"add chain ip kube-proxy service-{web}") + 1 == lines.index(
         f"flush chain ip kube-proxy service-{web}")
-    # The endpoint a2 of web is gone: its chain is flushed, then deleted, after everything else.
+    # The endpoint a2 of web is gone: its chain is flushed after everything else...
     a2 = "endpoint-" + hash_and_truncate(f"default/web/tcp/__{TOPOLOGY.pod('a2').ip}/8080")
-    assert lines[-2:] == [f"flush chain ip kube-proxy {a2}", f"delete chain ip kube-proxy {a2}"]
+    assert lines[-1] == f"flush chain ip kube-proxy {a2}" and r.applied.stale == {a2: 0.0}
+    assert not [l for l in lines if l.startswith("delete chain")]
+    # ...and deleted by a full sync at least STALE_CHAIN_AGE later, once; not before.
+    assert full_text(after, TOPOLOGY.service_cidr, r.applied, now=0.9).applied.stale == {a2: 0.0}
+    later = full_text(after, TOPOLOGY.service_cidr, r.applied, now=1.0)
+    assert later.text.splitlines()[-1] == f"delete chain ip kube-proxy {a2}" and later.applied.stale == {}
+    assert "delete chain" not in full_text(after, TOPOLOGY.service_cidr, later.applied, now=9.0).text
     # Affinity sets are added (kept if present), never deleted when unchanged.
     assert not [l for l in lines if l.startswith("delete set")]
     assert [l for l in lines if l.startswith("add set ip kube-proxy affinity-")]
@@ -190,3 +208,35 @@ def test_full_sync_recreates_an_affinity_set_whose_timeout_changed():
         users = [j for j, l in enumerate(lines) if f"@{name}" in l]
         flushes = [j for j, l in enumerate(lines) if l.startswith("flush chain") and "sticky" in l]
         assert users and min(users) > i and max(flushes) < i  # referring chains flushed before, rules after
+
+
+def test_an_endpoint_back_before_its_stale_chain_is_deleted_gets_the_chain_rewritten():
+    before = flow_state()
+    first = full_text(before)
+    web = next(k for k in before.services if k.name == "web")
+    gone = partial_text(flow_state(_drop_endpoint), {web}, first.applied, now=1.0)
+    back = partial_text(before, {web}, gone.applied, now=1.5)
+    a2 = next(iter(gone.applied.stale))
+    assert back.applied.stale == {}
+    assert f"add chain ip kube-proxy {a2} {{ ip saddr {TOPOLOGY.pod('a2').ip} jump mark-for-masquerade ; " \
+           f"meta l4proto tcp dnat to {TOPOLOGY.pod('a2').ip}:8080 ; }}" in back.text.splitlines()
+    w = walker_for(first.text + gone.text + back.text)
+    flow = FLOWS[0]
+    eps = {o.endpoint for o in w.trace(TOPOLOGY.source_ip(flow.source), flow.dest_ip, "TCP", flow.dest_port)}
+    assert eps == set(flow.endpoints)
+    # A later full sync has nothing stale to delete.
+    assert "delete chain" not in full_text(before, applied=back.applied, now=9.0).text
+
+
+def test_walker_reads_chain_blocks():
+    from proxy.nft_walker import _block_items
+
+    assert _block_items('{ ip daddr { 10.0.0.0/8, 10.1.0.0/16 } drop ; comment "a;b" ; }') == [
+        "ip daddr { 10.0.0.0/8, 10.1.0.0/16 } drop", 'comment "a;b"']
+    rs = parse("add table ip kube-proxy\n"
+               "add chain ip kube-proxy x { type nat hook prerouting priority -100 ; }\n"
+               'add chain ip kube-proxy y { comment "helper" ; }\n'
+               "add chain ip kube-proxy x { jump y ; }\n"
+               'add chain ip kube-proxy y { reject comment "no" ; }\n')
+    assert rs.hooks["prerouting"] == [(-100, "nat", "x")]
+    assert rs.chains == {"x": ["jump y"], "y": ["reject"]}
