@@ -6,29 +6,33 @@ map, not by a chain walked rule by rule: `services` looks the packet's
 `daddr . l4proto . dport` up in the `service-ips` map (and `l4proto . dport`
 in `service-nodeports` for node addresses), so first-packet cost stays flat
 as services grow. Each service port has a `service-<hash>-ns/name/proto/port`
-chain that picks an endpoint chain with `numgen random mod N vmap`, and each
-endpoint chain DNATs. Masquerading is a mark and one `masquerading` chain.
+chain that picks an endpoint chain at random (`numgen random`, see below),
+and each endpoint chain DNATs. Masquerading is a mark and one `masquerading`
+chain.
 
 This module renders:
 - `full_text(state)`: the whole table in one `nft -f` transaction. With no
   knowledge of the kernel's table (first sync, after a failure) it replaces
   the table; with the previous sync's `Applied` it does what kube-proxy's
   full sync does: every chain is added and flushed and its rules rewritten,
-  the maps and sets are flushed and refilled, stale chains and affinity sets
-  go, and existing affinity sets (their dynamic client entries) stay;
+  the maps and sets are flushed and refilled, stale chains are flushed (and
+  deleted a second later), stale affinity sets go, and existing affinity
+  sets (their dynamic client entries) stay;
 - `partial_text(...)`: for changed service ports only, their own chains,
   sets and map elements (kube-proxy's partial sync), plus the global sets.
-Both are pure; `proxy/nftables_kernel.py` feeds them to `nft -f -`.
+Both are pure; `proxy/nftables_kernel.py` feeds them to `nft -f -`. A
+chain's rules go in as one `add chain NAME { rule ; ... }`, which nft
+applies without first reading the table back (see `_rules_line`).
 
 One deliberate difference from kube-proxy's text: the endpoint choice.
 kube-proxy writes `numgen random mod N vmap { 0 : goto endpoint-A, ... }`,
 an anonymous verdict map per service. The kernel names every anonymous set
 by scanning all sets of the table (nf_tables_set_alloc_name: an sscanf of
 each "__map%d" name), so a transaction creating one per service is
-quadratic in services: on kernel 6.18, `nft -f` of a full sync spent
-1.2 s of system time at 3k services, 31 s at 10k and 308 s at 30k, nearly
-all of it there (the same script with the maps replaced by plain gotos:
-0.2 s, 2.4 s, 7 s). netlab writes the same uniform choice without a set, as
+quadratic in services. On kernel 6.18, `nft -f` of a full sync spent 1.2 s
+of system time at 3k services (0.2 s with the maps replaced by plain
+gotos), and a full sync took 31 s at 10k and 308 s at 30k (2.4 s and 7.2 s
+with plain gotos). netlab writes the same uniform choice without a set, as
 kube-proxy's iptables mode does with `-m statistic --probability`: endpoint
 i of N is taken by `numgen random mod (N-i) 0 goto endpoint-i` (probability
 1/(N-i) of what reaches it, so 1/N overall) and the last by a plain `goto`;
