@@ -174,11 +174,30 @@ def parse_resolv_conf(path: str) -> dict:
 # -- the disk store (backend/disk) ---------------------------------------------
 
 
+# This process's view of each data dir: reservation file name -> (inode, stripped
+# content), keyed by the dir and its lock file's identity. See Store._index.
+_INDEX: dict[tuple, dict[str, tuple[int, str]]] = {}
+
+
 class Store:
-    """One network's directory, locked for the duration of a `with`."""
+    """One network's directory, locked for the duration of a `with`.
+
+    The files are the reference's, and so is every change to them, but
+    this process keeps an index of them (file name -> inode and content)
+    so that an ADD does not read every reservation of the network: under
+    the lock, one directory listing validates the index (a name that is
+    new, or whose inode changed, is read; a name gone is dropped), which
+    keeps it exact for changes made by any process, the reference plugins
+    included -- they create reservation files with O_EXCL and delete them,
+    never rewrite one in place. Anything that deletes a file re-reads it
+    first, and GC re-reads them all, so a stale entry can never release
+    someone else's address.
+    """
 
     def __init__(self, directory: str) -> None:
         self.dir = directory
+        self._key: tuple | None = None  # set while locked
+        self._idx: dict[str, tuple[int, str]] | None = None  # validated in this locked section
 
     @contextlib.contextmanager
     def locked(self, create: bool = True) -> Iterator["Store"]:
@@ -188,77 +207,150 @@ class Store:
         fd = os.open(os.path.join(self.dir, "lock"), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o750)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            # A data dir removed and made again has a new lock file: its index starts afresh.
+            self._key = (self.dir, st.st_dev, st.st_ino, st.st_ctime_ns)
             yield self
         finally:
+            self._key = self._idx = None
             os.close(fd)  # closing drops the flock
 
-    def _entries(self) -> Iterator[tuple[str, str]]:
-        """(file name, content) of every reservation file (names that are addresses)."""
+    @staticmethod
+    def _read(path: str) -> str | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return os.read(fd, 4096).decode(errors="replace").strip()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def _index(self, reread: bool = False) -> dict[str, tuple[int, str]]:
+        """Reservation files (names that are addresses) -> (inode, stripped content); call locked.
+
+        `reread` reads every file again, as the reference's directory walk does.
+        """
+        if self._idx is not None and not reread:
+            return self._idx
+        old = {} if reread or self._key is None else _INDEX.get(self._key, {})
+        new: dict[str, tuple[int, str]] = {}
         try:
             it = os.scandir(self.dir)
         except FileNotFoundError:
-            return
-        with it:
-            for e in it:
-                n = e.name
-                if n == "lock" or n.startswith(LAST_IP_PREFIX):
-                    continue
-                try:
-                    ipaddress.ip_address(n)
-                except ValueError:
-                    continue
-                try:
-                    with open(e.path, newline="") as f:  # keep the \r\n
-                        yield n, f.read()
-                except OSError:
-                    continue
+            it = None
+        if it is not None:
+            with it:
+                for e in it:
+                    n = e.name
+                    ino = e.inode()
+                    hit = old.get(n)
+                    if hit is not None and hit[0] == ino:
+                        new[n] = hit
+                        continue
+                    if n == "lock" or n.startswith(LAST_IP_PREFIX):
+                        continue
+                    try:
+                        ipaddress.ip_address(n)
+                    except ValueError:
+                        continue
+                    content = self._read(e.path)
+                    if content is not None:
+                        new[n] = (ino, content)
+        if self._key is not None:
+            if len(_INDEX) > 256:  # many networks over a long life: forget the others
+                _INDEX.clear()
+            _INDEX[self._key] = new
+        self._idx = new
+        return new
+
+    def _confirm(self, names: list[str], want: tuple[str, ...]) -> list[str]:
+        """The names whose file, read now, still holds one of `want` (the index updated)."""
+        idx = self._index()
+        out = []
+        for n in names:
+            content = self._read(os.path.join(self.dir, n))
+            if content is None:
+                idx.pop(n, None)
+                continue
+            idx[n] = (idx[n][0], content) if n in idx else (0, content)
+            if content in want:
+                out.append(n)
+        return out
 
     def by_id(self, cid: str, ifname: str) -> list[IP]:
-        match, old = cid.strip() + LINE_BREAK + ifname, cid.strip()
-        return [ipaddress.ip_address(n) for n, c in self._entries() if c.strip() in (match, old)]
+        want = (cid.strip() + LINE_BREAK + ifname, cid.strip())
+        hits = [n for n, (_ino, c) in self._index().items() if c in want]
+        return [ipaddress.ip_address(n) for n in self._confirm(hits, want)] if hits else []
 
     def reserve(self, cid: str, ifname: str, ip: IP, range_id: str) -> bool:
-        path = os.path.join(self.dir, str(ip))
+        name = str(ip)
+        path = os.path.join(self.dir, name)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except FileExistsError:
             return False
+        content = cid.strip() + LINE_BREAK + ifname
         try:
-            os.write(fd, (cid.strip() + LINE_BREAK + ifname).encode())
+            os.write(fd, content.encode())
+            ino = os.fstat(fd).st_ino
         except OSError:
             os.close(fd)
             os.unlink(path)
             raise
         os.close(fd)
-        with open(os.path.join(self.dir, LAST_IP_PREFIX + range_id), "w") as f:
-            f.write(str(ip))
+        self._index()[name] = (ino, content.strip())
+        self._write_last(range_id, name)
         return True
 
-    def last_reserved(self, range_id: str) -> IP | None:
+    def _write_last(self, range_id: str, text: str) -> None:
+        """last_reserved_ip.N := text. Written in place and cut to length, not O_TRUNC'ed:
+        ext4 flushes a file truncated to zero when it is closed (auto_da_alloc),
+        which made this write cost more than the rest of an ADD. Readers hold the lock."""
+        data = text.encode()
+        fd = os.open(os.path.join(self.dir, LAST_IP_PREFIX + range_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            with open(os.path.join(self.dir, LAST_IP_PREFIX + range_id)) as f:
-                return ipaddress.ip_address(f.read().strip())
-        except (OSError, ValueError):
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+
+    def last_reserved(self, range_id: str) -> IP | None:
+        content = self._read(os.path.join(self.dir, LAST_IP_PREFIX + range_id))
+        try:
+            return ipaddress.ip_address(content) if content else None
+        except ValueError:
             return None
 
     def release(self, ip: IP) -> None:
+        name = str(ip)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.dir, str(ip)))
+            os.unlink(os.path.join(self.dir, name))
+        self._index().pop(name, None)
 
     def release_by_id(self, cid: str, ifname: str) -> None:
-        """As ReleaseByID: every file of this attachment (or of a pre-ifname version's id)."""
-        match = cid.strip() + LINE_BREAK + ifname
-        hits = [n for n, c in self._entries() if c.strip() == match]
-        if not hits:
-            hits = [n for n, c in self._entries() if c.strip() == cid.strip()]
+        """As ReleaseByID: every file of this attachment (or of a pre-ifname version's id).
+
+        Each file is read again before it is removed; when the index knows
+        of none, every file is read, as the reference does.
+        """
+        match, old = cid.strip() + LINE_BREAK + ifname, cid.strip()
+        for reread in (False, True):
+            idx = self._index(reread)
+            hits = self._confirm([n for n, (_ino, c) in idx.items() if c == match], (match,))
+            if not hits:
+                hits = self._confirm([n for n, (_ino, c) in idx.items() if c == old], (old,))
+            if hits:
+                break
         for n in hits:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.dir, n))
+            self.release(ipaddress.ip_address(n))
 
     def attachments(self) -> list[tuple[str, str, str]]:
-        """(address, container ID, ifname) of every reservation."""
+        """(address, container ID, ifname) of every reservation, every file read again."""
         out = []
-        for n, c in self._entries():
+        for n, (_ino, c) in self._index(reread=True).items():
             cid, _, ifn = c.partition(LINE_BREAK)
             out.append((n, cid.strip(), ifn.strip()))
         return out
