@@ -176,6 +176,9 @@ def _ip_bytes(addr: str) -> tuple[int, bytes]:
     return (socket.AF_INET if ip.version == 4 else socket.AF_INET6), ip.packed
 
 
+NLM_F_ECHO = 0x8  # echo the change back to the requester (honoured by RTM_NEWLINK since Linux 6.3)
+
+
 class RtNetlink:
     """One NETLINK_ROUTE socket, bound to the namespace it was opened in."""
 
@@ -199,6 +202,30 @@ class RtNetlink:
 
     # -- transport ---------------------------------------------------------
 
+    @staticmethod
+    def _messages(data: bytes):
+        """(offset, length, type, flags, seq) of each message in one datagram."""
+        off = 0
+        while off + _HDR.size <= len(data):
+            n, t, mflags, mseq, _pid = _HDR.unpack_from(data, off)
+            if n < _HDR.size:
+                return
+            yield off, n, t, mflags, mseq
+            off += (n + 3) & ~3
+
+    @staticmethod
+    def _nack(data: bytes, off: int, n: int, mflags: int) -> "NetlinkError | None":
+        """The error an NLMSG_ERROR message carries (None for an ACK), with the extended-ack text."""
+        (err,) = struct.unpack_from("=i", data, off + 16)
+        if err == 0:
+            return None
+        msg = ""
+        if mflags & NLM_F_ACK_TLVS:
+            tlv = _attrs(data[off : off + n], 16 + 4 + 16)
+            if NLMSGERR_ATTR_MSG in tlv:
+                msg = _cstr(tlv[NLMSGERR_ATTR_MSG])
+        return NetlinkError(-err, os.strerror(-err) + (f" ({msg})" if msg else ""))
+
     def request(self, type_: int, body: bytes, flags: int = 0, dump: bool = False) -> list[tuple[int, bytes]]:
         """Send one request; return the reply messages; raise on a NACK."""
         self._seq = (self._seq + 1) & 0xFFFFFFFF
@@ -208,27 +235,41 @@ class RtNetlink:
         replies: list[tuple[int, bytes]] = []
         while True:
             data = self.sock.recv(1 << 16)
-            off = 0
-            while off + _HDR.size <= len(data):
-                n, t, mflags, mseq, _pid = _HDR.unpack_from(data, off)
-                if n < _HDR.size:
-                    break
-                if mseq == seq:
-                    if t == NLMSG_ERROR:
-                        (err,) = struct.unpack_from("=i", data, off + 16)
-                        if err == 0:
-                            return replies
-                        msg = ""
-                        if mflags & NLM_F_ACK_TLVS:
-                            tlv = _attrs(data[off : off + n], 16 + 4 + 16)
-                            if NLMSGERR_ATTR_MSG in tlv:
-                                msg = _cstr(tlv[NLMSGERR_ATTR_MSG])
-                        text = os.strerror(-err) + (f" ({msg})" if msg else "")
-                        raise NetlinkError(-err, text)
-                    if t == NLMSG_DONE:
+            for off, n, t, mflags, mseq in self._messages(data):
+                if mseq != seq:
+                    continue
+                if t == NLMSG_ERROR:
+                    err = self._nack(data, off, n, mflags)
+                    if err is None:
                         return replies
-                    replies.append((t, data[off + _HDR.size : off + n]))
-                off += (n + 3) & ~3
+                    raise err
+                if t == NLMSG_DONE:
+                    return replies
+                replies.append((t, data[off + _HDR.size : off + n]))
+
+    def request_many(self, msgs: list[tuple[int, bytes, int]]) -> list[NetlinkError | None]:
+        """Several (type, body, flags) requests in one send, acked one by one; their errors, in order.
+
+        The kernel runs them in order, each as if sent alone (a failed one
+        does not stop the ones after it), so a caller that needs "stop at
+        the first failure" must only batch requests whose later members are
+        harmless when an earlier one failed.
+        """
+        first = self._seq + 1
+        buf = []
+        for i, (type_, body, flags) in enumerate(msgs):
+            seq = (first + i) & 0xFFFFFFFF
+            buf.append(_HDR.pack(_HDR.size + len(body), type_, NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0) + body)
+        self._seq = (first + len(msgs) - 1) & 0xFFFFFFFF
+        self.sock.send(b"".join(buf))
+        want = {(first + i) & 0xFFFFFFFF: i for i in range(len(msgs))}
+        errors: list[NetlinkError | None] = [None] * len(msgs)
+        while want:
+            data = self.sock.recv(1 << 16)
+            for off, n, t, mflags, mseq in self._messages(data):
+                if t == NLMSG_ERROR and mseq in want:
+                    errors[want.pop(mseq)] = self._nack(data, off, n, mflags)
+        return errors
 
     # -- links -------------------------------------------------------------
 
@@ -269,13 +310,19 @@ class RtNetlink:
         peer_mac: bytes | None = None,
         master: int = 0,
         up: bool = True,
-    ) -> None:
+        echo: bool = False,
+    ) -> Link | None:
         """Create a veth pair, its peer born inside another namespace, in one request.
 
         IFLA_MASTER on creation enslaves the host side and IFF_UP brings it
         up in the same round trip. The peer cannot be born up: veth_newlink
         configures it before the pair is linked, and veth_open then fails
         with ENOTCONN, so the caller brings it up from inside its namespace.
+
+        `echo` asks the kernel for the new link back (NLM_F_ECHO): its
+        ifindex and, as IFLA_LINK, the peer's ifindex in the other
+        namespace, so neither needs a lookup. None when the kernel does not
+        echo (before 6.3).
         """
         flags = IFF_UP if up else 0
         peer = _IFINFO.pack(0, 0, 0, 0, 0) + _str(IFLA_IFNAME, peer_name) + _u32(IFLA_NET_NS_FD, peer_netns_fd)
@@ -294,10 +341,20 @@ class RtNetlink:
         if master:
             body += _u32(IFLA_MASTER, master)
         body += _attr(IFLA_LINKINFO | NLA_F_NESTED, info)
-        self.request(RTM_NEWLINK, body, NLM_F_CREATE | NLM_F_EXCL)
+        replies = self.request(RTM_NEWLINK, body, NLM_F_CREATE | NLM_F_EXCL | (NLM_F_ECHO if echo else 0))
+        for t, b in replies:
+            if t == RTM_NEWLINK:
+                link = _parse_link(b)
+                if link.name == name:
+                    return link
+        return None
 
-    def set_link(
-        self,
+    def set_link(self, index: int, **changes) -> None:
+        """Change a link: `up`, `promisc`, `mtu`, `mac`, `master` as set_link_msg takes them."""
+        self.request(*self.set_link_msg(index, **changes))
+
+    @staticmethod
+    def set_link_msg(
         index: int,
         *,
         up: bool | None = None,
@@ -305,7 +362,8 @@ class RtNetlink:
         mtu: int = 0,
         mac: bytes | None = None,
         master: int | None = None,
-    ) -> None:
+    ) -> tuple[int, bytes, int]:
+        """The set_link request as (type, body, flags), for request_many."""
         flags = change = 0
         if up is not None:
             change |= IFF_UP
@@ -320,7 +378,7 @@ class RtNetlink:
             body += _attr(IFLA_ADDRESS, mac)
         if master is not None:
             body += _u32(IFLA_MASTER, master)
-        self.request(RTM_NEWLINK, body)
+        return RTM_NEWLINK, body, 0
 
     def set_hairpin(self, index: int, on: bool = True) -> None:
         """Bridge-port hairpin mode, as netlink.LinkSetHairpin (AF_BRIDGE + IFLA_PROTINFO)."""
@@ -374,12 +432,17 @@ class RtNetlink:
 
     def add_addr(self, index: int, address: str, prefixlen: int) -> None:
         """Add an address; IPv4 gets the broadcast vishvananda/netlink's AddrAdd computes."""
+        self.request(*self.add_addr_msg(index, address, prefixlen))
+
+    @staticmethod
+    def add_addr_msg(index: int, address: str, prefixlen: int) -> tuple[int, bytes, int]:
+        """The add_addr request as (type, body, flags), for request_many."""
         fam, raw = _ip_bytes(address)
         body = _IFADDR.pack(fam, prefixlen, 0, 0, index) + _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw)
         if fam == socket.AF_INET and prefixlen < 31:
             net = ipaddress.ip_network(f"{address}/{prefixlen}", strict=False)
             body += _attr(IFA_BROADCAST, net.broadcast_address.packed)
-        self.request(RTM_NEWADDR, body, NLM_F_CREATE | NLM_F_EXCL)
+        return RTM_NEWADDR, body, NLM_F_CREATE | NLM_F_EXCL
 
     def del_addr(self, index: int, address: str, prefixlen: int) -> None:
         fam, raw = _ip_bytes(address)
@@ -390,6 +453,11 @@ class RtNetlink:
 
     def add_route(self, dst: str, *, gw: str | None = None, oif: int = 0, scope: int | None = None) -> None:
         """Add a main-table unicast route (NLM_F_EXCL: an existing one is an error, as RouteAdd)."""
+        self.request(*self.add_route_msg(dst, gw=gw, oif=oif, scope=scope))
+
+    @staticmethod
+    def add_route_msg(dst: str, *, gw: str | None = None, oif: int = 0, scope: int | None = None) -> tuple[int, bytes, int]:
+        """The add_route request as (type, body, flags), for request_many."""
         net = ipaddress.ip_network(dst, strict=False)
         fam = socket.AF_INET if net.version == 4 else socket.AF_INET6
         if scope is None:
@@ -401,7 +469,7 @@ class RtNetlink:
             body += _attr(RTA_GATEWAY, ipaddress.ip_address(gw).packed)
         if oif:
             body += _u32(RTA_OIF, oif)
-        self.request(RTM_NEWROUTE, body, NLM_F_CREATE | NLM_F_EXCL)
+        return RTM_NEWROUTE, body, NLM_F_CREATE | NLM_F_EXCL
 
     def routes(self, family: int = socket.AF_INET) -> list[Route]:
         out = []

@@ -176,14 +176,19 @@ def ensure_addr(nl: RtNetlink, br, gw: str, prefixlen: int, force: bool) -> None
     nl.set_link(br.index, mac=bytes(int(x, 16) for x in br.mac.split(":")))
 
 
-def _veth(host: RtNetlink, pod: RtNetlink, pod_fd: int, cfg: Config, br, ifname: str) -> tuple[str, bytes, bytes]:
-    """As setupVeth: a "veth" + 8 hex name on the node, `ifname` in the pod; retried on a name clash."""
+def _veth(host: RtNetlink, pod: RtNetlink, pod_fd: int, cfg: Config, br, ifname: str):
+    """As setupVeth: a "veth" + 8 hex name on the node, `ifname` in the pod; retried on a name clash.
+
+    Returns (host name, host MAC, pod MAC, the host link as the kernel
+    echoed it or None).
+    """
     for _ in range(10):
         name = "veth" + os.urandom(4).hex()
         hmac, pmac = random_mac(), random_mac()
         try:
-            host.add_veth(name, ifname, peer_netns_fd=pod_fd, mtu=cfg.mtu, mac=hmac, peer_mac=pmac, master=br.index)
-            return name, hmac, pmac
+            link = host.add_veth(name, ifname, peer_netns_fd=pod_fd, mtu=cfg.mtu, mac=hmac, peer_mac=pmac,
+                                 master=br.index, echo=True)
+            return name, hmac, pmac, link
         except NetlinkError as e:
             if e.errno != 17:
                 raise CNIError(INTERNAL, "failed to setup veth", str(e)) from None
@@ -192,8 +197,16 @@ def _veth(host: RtNetlink, pod: RtNetlink, pod_fd: int, cfg: Config, br, ifname:
     raise CNIError(INTERNAL, "failed to find a free veth name")
 
 
-def configure_iface(pod: RtNetlink, ifname: str, ips: list[dict], routes: list[dict]) -> None:
-    """As ipam.ConfigureIface: addresses, then routes defaulting to the family's gateway."""
+def configure_iface(pod: RtNetlink, ifname: str, ips: list[dict], routes: list[dict], index: int = 0) -> None:
+    """As ipam.ConfigureIface: addresses, then routes defaulting to the family's gateway.
+
+    With the interface's `index` known (a veth just made, still down), it
+    is brought up and given its addresses and routes in one send: the same
+    requests in the same order, one round trip.
+    """
+    if index:
+        _configure_new(pod, ifname, index, ips, routes)
+        return
     link = pod.get_link(ifname)
     if link is None:
         raise CNIError(INTERNAL, f"failed to lookup {ifname}")
@@ -219,6 +232,28 @@ def configure_iface(pod: RtNetlink, ifname: str, ips: list[dict], routes: list[d
             raise CNIError(INTERNAL, f"failed to add route '{dst} via {via} dev {ifname}'", str(e)) from None
 
 
+def _configure_new(pod: RtNetlink, ifname: str, index: int, ips: list[dict], routes: list[dict]) -> None:
+    msgs: list[tuple[int, bytes, int]] = [pod.set_link_msg(index, up=True)]
+    what = [f"failed to set {ifname} up"]
+    gw: dict[int, str | None] = {4: None, 6: None}
+    for ip in ips:
+        if ip.get("interface") != 2:
+            continue
+        iface = ipaddress.ip_interface(ip["address"])
+        msgs.append(pod.add_addr_msg(index, str(iface.ip), iface.network.prefixlen))
+        what.append(f"failed to add IP addr {iface} to {ifname}")
+        if ip.get("gateway") and gw[iface.version] is None:
+            gw[iface.version] = ip["gateway"]
+    for r in routes:
+        dst = ipaddress.ip_network(r["dst"], strict=False)
+        via = r.get("gw") or gw[dst.version]
+        msgs.append(pod.add_route_msg(str(dst), gw=via, oif=index, scope=0))
+        what.append(f"failed to add route '{dst} via {via} dev {ifname}'")
+    for err, msg in zip(pod.request_many(msgs), what):
+        if err is not None:
+            raise CNIError(INTERNAL, msg, str(err))
+
+
 def add(conf: dict, args: skel.Args) -> dict:
     from cni import invoke
 
@@ -234,14 +269,14 @@ def add(conf: dict, args: skel.Args) -> dict:
         try:
             if cfg.ipam_type and not ipam.get("ips"):
                 raise CNIError(INTERNAL, "IPAM plugin returned missing IP config")
-            veth, hmac, pmac = _veth(host, pod, pod_fd, cfg, br, args.ifname)
+            veth, hmac, pmac, made = _veth(host, pod, pod_fd, cfg, br, args.ifname)
             if cfg.hairpin:
-                hl = host.get_link(veth)
+                hl = made or host.get_link(veth)
                 if hl is None:
                     raise CNIError(INTERNAL, f"failed to lookup {veth}")
                 host.set_hairpin(hl.index, True)
             ips, routes, gws = plan_gateways(cfg, ipam)
-            configure_iface(pod, args.ifname, ips, routes)
+            configure_iface(pod, args.ifname, ips, routes, index=made.peer_index if made is not None else 0)
             for gw, plen in gws:
                 ensure_addr(host, br, gw, plen, cfg.force_address)
             if gws:
