@@ -11,7 +11,11 @@ its namespace removed.
 One kubelet serves all nodes of a lab from one process: a thousand pods'
 built-in servers live on one asyncio loop, which keeps a large lab within
 its memory budget. Runtime state (sandbox IDs, as containerd keeps them)
-lives under /run/netlab/<lab>/pods/.
+lives under /run/netlab/<lab>/pods/, in one append-only journal.
+
+Sandboxes are made SANDBOX_WORKERS at a time on worker threads (the work is
+mostly syscalls, which release the GIL), and the statuses of started pods
+are written in batches, one store transaction each.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +45,12 @@ BACKOFF_MAX = 10.0
 BACKOFF_RESET_AFTER = 10.0
 STOP_GRACE = 2.0
 ENV_POD = "NETLAB_POD"
+# Sandboxes made at once. Namespace, veth and netlink work is mostly in the
+# kernel, where the GIL is released: a few threads keep both cores busy.
+SANDBOX_WORKERS = int(os.environ.get("NETLAB_SANDBOX_WORKERS", "3"))
+# While pods start, their statuses are written in batches this often (each batch
+# is one store transaction, and one wake-up for every watcher of Pods).
+REPORT_EVERY = 0.5
 
 
 def sandbox_id(namespace: str, name: str, uid: str) -> str:
@@ -47,9 +58,97 @@ def sandbox_id(namespace: str, name: str, uid: str) -> str:
     return hashlib.sha256(f"{namespace}/{name}/{uid}".encode()).hexdigest()
 
 
+_conf_cache: dict[str, tuple[tuple, dict]] = {}
+
+
 def node_cni_conf(lab: str, node: str) -> dict:
-    with open(os.path.join(names.cni_net_dir(lab, node), CNI_CONF_NAME)) as f:
-        return json.load(f)
+    """The node's CNI config, parsed again only when the file changed (`up` replaces it by rename)."""
+    path = os.path.join(names.cni_net_dir(lab, node), CNI_CONF_NAME)
+    st = os.stat(path)
+    stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+    hit = _conf_cache.get(path)
+    if hit is None or hit[0] != stamp:
+        with open(path) as f:
+            hit = _conf_cache[path] = (stamp, json.load(f))
+    return hit[1]  # callers never change it (libcni deep-copies what it hands to plugins)
+
+
+class Journal:
+    """The runtime's record of its sandboxes: one line per sandbox made and one per sandbox removed.
+
+    Written before a sandbox gets any kernel object, so a restarted kubelet
+    finds and removes whatever a crashed one left. Appending a line costs
+    far less than a file per sandbox (a new inode), which a 1000-pod build
+    would otherwise pay a thousand times. Rewritten with only the live
+    entries when removed ones dominate.
+    """
+
+    NAME = "sandboxes.jsonl"
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, self.NAME)
+        self._lock = threading.Lock()
+        self._live: dict[str, dict] = {}
+        self._dead = 0
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def read(self) -> list[dict]:
+        """Sandboxes added and not removed, as the file says (a torn last line is skipped)."""
+        live: dict[str, dict] = {}
+        try:
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        e = json.loads(line)
+                        if e.get("op") == "add":
+                            live[e["id"]] = e
+                        elif e.get("op") == "del":
+                            live.pop(e["id"], None)
+                    except (ValueError, KeyError, AttributeError):
+                        continue
+        except FileNotFoundError:
+            pass
+        return list(live.values())
+
+    def _append(self, entry: dict) -> None:
+        os.write(self._fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+
+    def added(self, sb: "Sandbox") -> None:
+        entry = {"op": "add", "id": sb.id, "key": sb.key, "netns": sb.netns, "node": sb.node}
+        with self._lock:
+            self._append(entry)
+            self._live[sb.id] = entry
+
+    def removed(self, sandbox_id: str) -> None:
+        with self._lock:
+            if self._live.pop(sandbox_id, None) is None:
+                return
+            self._append({"op": "del", "id": sandbox_id})
+            self._dead += 1
+            if self._dead > max(1000, 2 * len(self._live)):
+                self._rewrite()
+
+    def reset(self) -> None:
+        """Forget everything (after the previous kubelet's sandboxes were removed)."""
+        with self._lock:
+            self._live.clear()
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            for e in self._live.values():
+                f.write(json.dumps(e, separators=(",", ":")) + "\n")
+        os.replace(tmp, self.path)
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._dead = 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 @dataclass
@@ -72,6 +171,7 @@ class Sandbox:
     node: str
     netns: str
     id: str
+    uid: str | None = None  # the Pod's metadata.uid: a replaced Pod is another incarnation
     ip: str | None = None
     servers: netexec.PodServers | None = None
     containers: list[Container] = field(default_factory=list)
@@ -109,9 +209,11 @@ class Kubelet:
         self.store = store
         self.sandboxes: dict[str, Sandbox] = {}
         self.retry_at: dict[str, float] = {}
-        # Netlink and CNI work is synchronous (pyroute2's IPRoute runs its own
-        # event loop, which cannot nest in ours): it runs on one worker thread.
-        self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sandbox")
+        # Namespace, netlink and CNI work is synchronous: it runs on worker threads,
+        # SANDBOX_WORKERS pods at a time.
+        self.worker = concurrent.futures.ThreadPoolExecutor(SANDBOX_WORKERS, thread_name_prefix="sandbox")
+        self._slots = asyncio.Semaphore(2 * SANDBOX_WORKERS)
+        self._changed: set[str] = set()  # sandboxes whose status may have changed
         self.node_ips: dict[str, str] = {}
         self.stop_event = asyncio.Event()
         self._dirty = asyncio.Event()
@@ -119,6 +221,7 @@ class Kubelet:
         self.log_dir = os.path.join(names.lab_dir(lab), "logs", "pods")
         os.makedirs(self.state_dir, exist_ok=True)
         os.makedirs(self.log_dir, exist_ok=True)
+        self.journal = Journal(self.state_dir)
 
     # -- the sync loop --------------------------------------------------------
 
@@ -164,40 +267,60 @@ class Kubelet:
             node = pod.get("spec", {}).get("nodeName")
             if node in self.node_ips:
                 desired[f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"] = pod
-        for key in [k for k in self.sandboxes if k not in desired]:
-            await self.kill_pod(self.sandboxes.pop(key))
-        for key, pod in desired.items():
-            if key not in self.sandboxes and self.retry_at.get(key, 0) <= time.monotonic():
-                try:
-                    await self.start_pod(pod)
-                    self.retry_at.pop(key, None)
-                except Exception as e:
-                    # As kubelet's FailedCreatePodSandBox: undo what was made, retry later.
-                    log.exception("pod %s failed to start", key)
-                    sb = self.sandboxes.pop(key, None)
-                    if sb is not None:
-                        await self.kill_pod(sb)
-                    self.retry_at[key] = time.monotonic() + 5.0
-                    self.report_failure(pod, str(e))
-            # Give the loop a breath between pods, so servers answer during a big build.
-            await asyncio.sleep(0)
+        # Gone, or replaced by a new incarnation (a Pod's spec is immutable: `apply` replaces it).
+        gone = [self.sandboxes.pop(k) for k, sb in list(self.sandboxes.items())
+                if k not in desired or sb.uid != desired[k]["metadata"].get("uid")]
+        if gone:
+            done = await asyncio.gather(*(self._bounded(self.kill_pod(sb)) for sb in gone), return_exceptions=True)
+            for sb, err in zip(gone, done):
+                if isinstance(err, Exception):  # its journal entry stays: a later kubelet retries
+                    log.error("removing sandbox of %s failed: %s", sb.key, err)
+        now = time.monotonic()
+        new = [pod for key, pod in desired.items() if key not in self.sandboxes and self.retry_at.get(key, 0) <= now]
+        if new:
+            reporter = asyncio.ensure_future(self._report_while_starting())
+            try:
+                await asyncio.gather(*(self._bounded(self._start_or_retry(pod)) for pod in new))
+            finally:
+                reporter.cancel()
         self.report_all()
         return rev
 
-    # -- pods -------------------------------------------------------------------
+    async def _bounded(self, coro):
+        async with self._slots:
+            return await coro
 
-    def _state_path(self, namespace: str, name: str) -> str:
-        return os.path.join(self.state_dir, f"{namespace}_{name}.json")
+    async def _start_or_retry(self, pod: dict) -> None:
+        key = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+        try:
+            await self.start_pod(pod)
+            self.retry_at.pop(key, None)
+        except Exception as e:
+            # As kubelet's FailedCreatePodSandBox: undo what was made, retry later.
+            log.exception("pod %s failed to start", key)
+            sb = self.sandboxes.pop(key, None)
+            if sb is not None:
+                await self.kill_pod(sb)
+            self.retry_at[key] = time.monotonic() + 5.0
+            self.report_failure(pod, str(e))
+
+    async def _report_while_starting(self) -> None:
+        """Statuses of the pods started so far, written in batches while the rest start."""
+        while True:
+            await asyncio.sleep(REPORT_EVERY)
+            if self._changed:
+                keys, self._changed = self._changed, set()
+                self.report(keys)
+
+    # -- pods -------------------------------------------------------------------
 
     async def start_pod(self, pod: dict) -> None:
         meta, spec = pod["metadata"], pod["spec"]
         ns, name, node = meta["namespace"], meta["name"], spec["nodeName"]
         uid = meta.get("uid") or str(pod.get("_create_revision", ""))
         sb = Sandbox(ns, name, node, names.pod_netns(self.lab, node, ns, name), sandbox_id(ns, name, uid),
-                     restart_policy=spec.get("restartPolicy", "Always"))
+                     uid=meta.get("uid"), restart_policy=spec.get("restartPolicy", "Always"))
         self.sandboxes[sb.key] = sb
-        with open(self._state_path(ns, name), "w") as f:
-            json.dump({"id": sb.id, "netns": sb.netns, "node": node}, f)
         result = await self._in_worker(self._make_sandbox, sb)
         sb.ip = result["ips"][0]["address"].split("/")[0]
         containers = spec.get("containers", [])
@@ -207,6 +330,7 @@ class Kubelet:
         if len(commanded) < len(containers):
             sb.builtin = True
             sb.servers = await netexec.serve(sb.netns, name, tcp_ports, udp_ports)
+        self._changed.add(sb.key)
         for c in commanded:
             env = daemons.env_for(self.lab)
             env.update({"HOSTNAME": name, ENV_POD: sb.key, "POD_IP": sb.ip, "POD_NAME": name, "POD_NAMESPACE": ns,
@@ -220,9 +344,9 @@ class Kubelet:
         """As the runtime: the sandbox namespace with lo up, then CNI ADD of the node's network."""
         from cni import api as cni_api
 
-        netns.create(sb.netns)
-        with netns.iproute(sb.netns) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        # The record first, so a restarted kubelet finds whatever exists of this sandbox.
+        self.journal.added(sb)
+        netns.create(sb.netns, lo_up=True)
         return cni_api.add(
             node_cni_conf(self.lab, sb.node),
             container_id=sb.id,
@@ -249,10 +373,12 @@ class Kubelet:
                     ct.waiting = "RunContainerError"
             if ct.proc is not None:
                 ct.started_at, ct.waiting = time.monotonic(), None
+                self._changed.add(sb.key)
                 self._dirty.set()
                 ct.exit_code = await ct.proc.wait()
                 if time.monotonic() - ct.started_at > BACKOFF_RESET_AFTER:
                     ct.backoff = BACKOFF_START
+            self._changed.add(sb.key)
             self._dirty.set()
             if sb.restart_policy == "Never" or (sb.restart_policy == "OnFailure" and ct.exit_code == 0):
                 return
@@ -291,10 +417,7 @@ class Kubelet:
     async def kill_pod(self, sb: Sandbox) -> None:
         await self._stop_containers(sb)
         await self._in_worker(self._teardown, sb.node, sb.id, sb.netns)
-        try:
-            os.unlink(self._state_path(sb.namespace, sb.name))
-        except FileNotFoundError:
-            pass
+        self.journal.removed(sb.id)
 
     def _reap_orphans(self) -> None:
         """Sandboxes from a previous kubelet of this lab: torn down, then rebuilt from the store.
@@ -306,7 +429,16 @@ class Kubelet:
         marker = f"{ENV_POD}=".encode()
         orphans = [p for p in daemons.lab_processes(self.lab) if any(v.startswith(marker) for v in daemons._environ(p))]
         daemons.terminate(orphans)
+        for st in self.journal.read():
+            try:
+                self._teardown(st["node"], st["id"], st["netns"])
+            except (OSError, KeyError):
+                log.exception("cannot remove sandbox %s", st.get("key"))
+        self.journal.reset()
+        # One file per sandbox: what kubelets before the journal recorded.
         for fn in os.listdir(self.state_dir):
+            if not fn.endswith(".json"):
+                continue
             path = os.path.join(self.state_dir, fn)
             try:
                 with open(path) as f:
@@ -350,31 +482,56 @@ class Kubelet:
             st["podIPs"] = [{"ip": sb.ip}]
         return st
 
-    def _write_status(self, namespace: str, name: str, status: dict) -> bool:
+    def _write_status(self, namespace: str, name: str, status: dict, uid: str | None) -> bool:
         key = f"{PODS}{namespace}/{name}"
-        for _ in range(5):
-            kv = self.store.get(key)
-            if kv is None:
-                return False  # deleted meanwhile: never resurrect a pod
-            if kv.value.get("status") == status:
-                return True
-            obj = dict(kv.value, status=status)
-            if self.store.update(key, obj, expect_revision=kv.mod_revision) is not None:
-                return True
-        return False
+        return key in self.store.modify_many({key: _with_status(status, uid)}) or self._has_status(key, status)
 
-    def report_all(self) -> None:
-        for sb in list(self.sandboxes.values()):
+    def _has_status(self, key: str, status: dict) -> bool:
+        kv = self.store.get(key)
+        return kv is not None and kv.value.get("status") == status
+
+    def report(self, keys) -> None:
+        """Write the status of these sandboxes where it changed, all in one store transaction."""
+        todo: dict[str, tuple[Sandbox, str, dict]] = {}
+        for k in keys:
+            sb = self.sandboxes.get(k)
+            if sb is None:
+                continue
             st = self.status_of(sb)
             text = json.dumps(st, sort_keys=True)
-            if text != sb.reported and self._write_status(sb.namespace, sb.name, st):
+            if text != sb.reported:
+                todo[f"{PODS}{sb.key}"] = (sb, text, st)
+        if not todo:
+            return
+        # Never onto a Pod deleted meanwhile (absent keys stay absent) nor onto its replacement (another uid).
+        written = self.store.modify_many({key: _with_status(st, sb.uid) for key, (sb, _t, st) in todo.items()})
+        for key, (sb, text, st) in todo.items():
+            if key in written or self._has_status(key, st):
                 sb.reported = text
+
+    def report_all(self) -> None:
+        self._changed.clear()
+        self.report(list(self.sandboxes))
 
     def report_failure(self, pod: dict, message: str) -> None:
         meta = pod["metadata"]
         self._write_status(meta["namespace"], meta["name"], {"phase": "Pending", "reason": "FailedCreatePodSandBox",
-                                                             "message": message})
+                                                             "message": message}, meta.get("uid"))
 
     async def shutdown(self) -> None:
         for sb in list(self.sandboxes.values()):
             await self._stop_containers(sb)
+        self.journal.close()
+
+
+def _with_status(status: dict, uid: str | None):
+    """A modify_many change: the Pod with `status`, unless it is another incarnation or already has it."""
+
+    def change(pod: dict) -> dict | None:
+        if uid is not None and pod.get("metadata", {}).get("uid") != uid:
+            return None
+        if pod.get("status") == status:
+            return None
+        return dict(pod, status=status)
+
+    return change

@@ -25,6 +25,8 @@ NETNS_DIR = "/run/netns"
 _CLONE_NEWNET = 0x40000000
 _MS_BIND = 4096
 _MNT_DETACH = 2
+_SIOCGIFFLAGS, _SIOCSIFFLAGS = 0x8913, 0x8914
+_IFF_UP = 0x1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -73,14 +75,34 @@ def entered(name: str) -> Iterator[None]:
         os.close(own)
 
 
-def create(name: str) -> bool:
-    """Create a named namespace; return False if it already exists (upsert)."""
+def _lo_up() -> None:
+    """`ip link set lo up` in the calling thread's namespace (two ioctls, no netlink)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack_from("16sH", fcntl.ioctl(s, _SIOCGIFFLAGS, req))[1]
+        if not flags & _IFF_UP:
+            fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+
+def create(name: str, *, lo_up: bool = False) -> bool:
+    """Create a named namespace; return False if it already exists (upsert).
+
+    `lo_up` brings its loopback up while this thread is still inside (as a
+    container runtime does for a sandbox), also when it already existed.
+    """
     p = path(name)
     os.makedirs(NETNS_DIR, exist_ok=True)
     try:
         os.close(os.open(p, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
     except FileExistsError:
         if os.path.ismount(p):
+            if lo_up:
+                with entered(p):
+                    _lo_up()
             return False
         # A mount point left behind by an interrupted create: finish it.
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -92,6 +114,12 @@ def create(name: str) -> bool:
             if _libc.mount(b"/proc/thread-self/ns/net", p.encode(), b"none", _MS_BIND, None) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"bind-mount of netns {name}: {os.strerror(err)}")
+            if lo_up:
+                try:
+                    _lo_up()
+                except BaseException:
+                    _libc.umount2(p.encode(), _MNT_DETACH)
+                    raise
         finally:
             _setns(own)
     except BaseException:

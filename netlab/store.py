@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -121,6 +121,31 @@ class Store(ABC):
 
     def close(self) -> None:  # pragma: no cover - trivial
         pass
+
+    def modify_many(self, changes: dict[str, Callable[[Any], Any]]) -> dict[str, int]:
+        """Read-modify-write of several keys: for each key, write `fn(current value)`.
+
+        A key that is absent is left absent (never created), and `fn`
+        returning None leaves the key as it is. Each write is a
+        compare-and-swap on the value `fn` saw, retried on a conflict.
+        Returns the new revision of every key written. A backend may do
+        all of it in one transaction (SqliteStore does); this default does
+        one get and one update per key.
+        """
+        out: dict[str, int] = {}
+        for key, fn in changes.items():
+            for _ in range(5):
+                kv = self.get(key)
+                if kv is None:
+                    break
+                new = fn(kv.value)
+                if new is None:
+                    break
+                rev = self.update(key, new, expect_revision=kv.mod_revision)
+                if rev is not None:
+                    out[key] = rev
+                    break
+        return out
 
     def watch(
         self,
@@ -294,6 +319,27 @@ class SqliteStore(Store):
             return self._put(db, key, value, ttl, row[1])
 
         return self._write(fn)
+
+    def modify_many(self, changes: dict[str, Callable[[Any], Any]]) -> dict[str, int]:
+        """All of Store.modify_many in one write transaction (one WAL commit, not one per key)."""
+
+        def fn(db):
+            out = {}
+            now = time.time()
+            for key, change in changes.items():
+                row = db.execute(
+                    "SELECT value, create_rev FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+                    (key, now),
+                ).fetchone()
+                if row is None:
+                    continue
+                new = change(json.loads(row[0]))
+                if new is None:
+                    continue
+                out[key] = self._put(db, key, new, None, row[1])  # as update(): a write without ttl has none
+            return out
+
+        return self._write(fn) if changes else {}
 
     def delete(self, key: str) -> bool:
         def fn(db):
