@@ -140,6 +140,7 @@ class Options:
     random_fully: bool = False  # iptables supports MASQUERADE --random-fully
     conntrack_tcp_liberal: bool = False  # nf_conntrack_tcp_be_liberal is set: no INVALID drop
     large_cluster_endpoints: int = 1000  # kube-proxy's largeClusterEndpointsThreshold
+    nat_chains_descending: bool = True  # only the order of lines (see "the sync" below), not the tables
 
 
 @dataclass
@@ -247,17 +248,19 @@ def categorize_endpoints(
 # -- the sync ---------------------------------------------------------------------------
 #
 # Text layout of every transaction: the filter section (small) as kube-proxy
-# writes it; in the nat section every chain is declared, and then filled, in
-# *descending* name order, and stale chains are deleted last. Rules of
+# writes it; in the nat section every chain is declared, then filled (each
+# chain's rules together), and stale chains are deleted last. Rules of
 # different chains may come in any order (only the order within a chain
-# counts, and it is kept), so this changes nothing in the kernel or in
-# iptables-save; it is for iptables-nft-restore 1.8.x, which keeps the chain
-# names a transaction mentions in a sorted linked list (nft-cache.c,
-# cache_chain_list_insert) walked from the smallest name on every mention:
-# declared largest-first, each new name is found at the head and the list's
-# nodes lie in memory in walk order. Measured at 10k services: 85 s in
-# service order, 10 s in this one (legacy: 0.72 s -> 0.59 s). See
-# BENCHMARKS.md, "Service proxy sync".
+# counts, and it is kept), so the order of chains changes nothing in the
+# kernel or in iptables-save; Options.nat_chains_descending picks it:
+# - descending name order (the default; what iptables-legacy-restore's libiptc
+#   inserts fastest: 0.59 s instead of 0.72 s at 10k services);
+# - the order services come in, i.e. of their hash names: the one for
+#   iptables-nft, whose save sorts chains with a first-element-pivot
+#   quicksort (nft-cache.c), quadratic on a table created in name order
+#   (iptables-nft-save: 10 s instead of 1 s at 10k services). The iptables-nft
+#   adapter deals with the restore's own sorted chain list (see
+#   proxy/iptables_apply.py, _fetch_all_first).
 
 _FILTER_TOP = (KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS, KUBE_PROXY_FIREWALL)
 _NAT_TOP = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)
@@ -377,11 +380,14 @@ def _top_level(c: _Ctx, ports: Iterable[_Port]) -> tuple[dict[str, list[str]], d
     return filt, nat
 
 
-def _text(filt: dict[str, list[str]] | None, nat: dict[str, list[str]], stale: list[str]) -> str:
+def _text(
+    filt: dict[str, list[str]] | None, nat: dict[str, list[str]], stale: list[str], descending: bool = True
+) -> str:
     """Restore input: these chains declared (which flushes them) and filled; `stale` deleted.
 
     `filt` None leaves the filter table out of the transaction; an empty
-    result means there is nothing to write.
+    result means there is nothing to write. nat chains come in descending
+    name order, or else in `nat`'s order.
     """
     parts: list[str] = []
     if filt:
@@ -392,8 +398,10 @@ def _text(filt: dict[str, list[str]] | None, nat: dict[str, list[str]], stale: l
         parts.append("COMMIT")
     if nat or stale:
         parts.append("*nat")
-        parts += [f":{ch} - [0:0]" for ch in sorted([*nat, *stale], reverse=True)]
-        for ch in sorted(nat, reverse=True):
+        order = sorted(nat, reverse=True) if descending else list(nat)
+        declared = sorted([*order, *stale], reverse=True) if descending else [*order, *stale]
+        parts += [f":{ch} - [0:0]" for ch in declared]
+        for ch in order:
             parts += nat[ch]
         parts += [f"-X {ch}" for ch in stale]
         parts.append("COMMIT")
@@ -436,7 +444,7 @@ def build(
     if existing_nat_chains is not None:
         stale = sorted(ch for ch in set(existing_nat_chains) - active if is_service_chain(ch))
     return Ruleset(
-        text=_text(filt, nat, stale),
+        text=_text(filt, nat, stale, opts.nat_chains_descending),
         full=changed_services is None,
         chains=len(active),
         filter_rules=sum(len(v) for v in filt.values()),
@@ -667,7 +675,7 @@ class Proxier:
         """The transaction writing `filt` and `nat` and deleting `stale`, with the totals of the whole ruleset."""
         nat_rules, filter_rules, chains = self._totals(c)
         return Ruleset(
-            text=_text(filt, nat, stale),
+            text=_text(filt, nat, stale, self.opts.nat_chains_descending),
             full=full,
             chains=chains,
             filter_rules=filter_rules,

@@ -13,8 +13,10 @@ unless it was explicitly told the current namespace is a node's
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import resource
 import shutil
 import subprocess
 import time
@@ -53,6 +55,12 @@ class Runner:
         if check and p.returncode != 0:
             raise SyncError(f"{' '.join(argv)} failed (exit {p.returncode}): {p.stderr.strip()}")
         return p.stdout
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children, iptables-restore included."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _root_netns_inode() -> int | None:
@@ -96,47 +104,66 @@ class IptablesBackend:
         self.restore_bin, self.save_bin = BINARIES[variant]
         self.iptables_bin = IPTABLES[variant]
         self.run = Runner(netns_name)
-        self.opts = opts or Options(random_fully=True)
+        # The order of lines that each variant's restore handles best (see proxy/iptables.py).
+        self.opts = dataclasses.replace(opts or Options(random_fully=True), nat_chains_descending=variant == "legacy")
         self.proxier = Proxier(self.opts)
         self.last_text = ""  # what the last successful sync wrote (for tests and `netlab trace`)
         self.last_read = float("-inf")
         self.read_period = 30.0  # large clusters: read the kernel at most this often (kube-proxy's syncPeriod)
-        self.timing: dict[str, float] = {}  # the last sync's seconds: read, build, restore (for bench/)
+        self.timing: dict[str, float] = {}  # the last sync's seconds: wall (read, build, restore) and cpu
 
     def save(self) -> str:
         return self.run([self.save_bin])
 
-    def read(self) -> tuple[set[str], dict[str, dict[str, list[str]]]]:
-        """What a full sync needs from the kernel: the nat chains' names, and the built-in chains' rules.
+    def read(self) -> tuple[dict[str, set[str]], dict[str, dict[str, list[str]]]]:
+        """What a full sync needs from the kernel: table -> chain names, table -> built-in chain -> rules.
 
-        iptables-legacy-save reads the whole table in one system call anyway.
-        iptables-nft-save sorts the chain list with a first-element-pivot
-        quicksort (nft-cache.c), quadratic when the kernel holds the chains
-        in name order, as our restores create them; so with nft the chain
-        names come from `nft list chains` and the built-in chains from
-        `iptables -S CHAIN`, which fetches that chain alone.
+        iptables-legacy-save reads each whole table in one system call anyway.
+        iptables-nft-save fetches and translates every rule (a second at 10k
+        services); with nft the chain names come from `nft list chains` and
+        the built-in chains' rules from `iptables -S CHAIN`, which fetches
+        that chain alone.
         """
         if self.variant != "nft" or not shutil.which("nft"):
-            return scan_save(self.save())
-        nat_chains: set[str] = set()
+            tables = scan_tables(self.save())
+            return {t: c for t, (c, _) in tables.items()}, {t: b for t, (_, b) in tables.items() if b}
+        chains: dict[str, set[str]] = {}
         table = ""
         for line in self.run(["nft", "list", "chains", "ip"], check=False).splitlines():
             words = line.split()
             if len(words) >= 3 and words[0] == "table":
                 table = words[2]
-            elif len(words) >= 2 and words[0] == "chain" and table == "nat":
-                nat_chains.add(words[1])
+            elif len(words) >= 2 and words[0] == "chain":
+                chains.setdefault(table, set()).add(words[1])
         builtin: dict[str, dict[str, list[str]]] = {}
-        for table, chains in BUILTIN.items():
-            for chain in chains:
+        for table, names in BUILTIN.items():
+            for chain in names:
+                if chain not in chains.get(table, ()):
+                    continue
                 for line in self.run([self.iptables_bin, "-t", table, "-S", chain], check=False).splitlines():
                     if line.startswith(f"-A {chain} "):
                         builtin.setdefault(table, {}).setdefault(chain, []).append(line[len(chain) + 4 :])
-        return nat_chains, builtin
+        return chains, builtin
+
+    def _link(self, jumps: list[JumpRule], chains: dict[str, set[str]]) -> None:
+        """Jumps from built-in chains that do not exist yet, and their targets if new, ahead of the sync.
+
+        As kube-proxy's EnsureChain/EnsureRule before its restore: the new
+        chains are empty, so nothing changes for packets until the sync's
+        transaction fills them. With iptables-nft this keeps the sync's `-S`
+        (_fetch_all_first) from meeting a built-in chain that its listing
+        shows but the kernel does not have yet.
+        """
+        lines: list[str] = []
+        for table in dict.fromkeys(j.table for j in jumps):
+            new = [j.target for j in jumps if j.table == table and j.target not in chains.get(table, ())]
+            lines += [f"*{table}", *(f":{c} - [0:0]" for c in dict.fromkeys(new)), "COMMIT"]
+        self.run([self.restore_bin, "--noflush"], stdin=_with_jumps("\n".join(lines) + "\n", jumps))
 
     def sync(self, state: ProxyState, changed: set[ServicePortName] | None) -> SyncResult:
         """syncProxyRules: plan the transaction, add missing jumps, restore once."""
         t0 = time.perf_counter()
+        cpu0, kids0 = time.process_time(), _children_cpu()
         full = changed is None or not self.proxier.known
         existing = None
         missing: list[JumpRule] = []
@@ -144,12 +171,19 @@ class IptablesBackend:
             large = sum(len(v) for v in state.endpoints.values()) > self.opts.large_cluster_endpoints
             now = time.monotonic()
             if not self.proxier.known or not large or now - self.last_read > self.read_period:
-                existing, builtin_rules = self.read()
+                chains, builtin_rules = self.read()
+                existing = chains.get("nat", set())
                 missing = jump_rules_missing(builtin_rules)
                 self.last_read = now
+                unhooked = [j for j in missing if j.source not in chains.get(j.table, ())]
+                if unhooked and self.variant == "nft":
+                    self._link(unhooked, chains)
+                    missing = [j for j in missing if j not in unhooked]
         t1 = time.perf_counter()
         rs = self.proxier.plan(state, changed, existing)
         text = _with_jumps(rs.text, missing)
+        if self.variant == "nft":
+            text = _fetch_all_first(text)
         t2 = time.perf_counter()
         try:
             if text:
@@ -159,7 +193,8 @@ class IptablesBackend:
             raise
         self.proxier.commit()
         t3 = time.perf_counter()
-        self.timing = {"read": t1 - t0, "build": t2 - t1, "restore": t3 - t2}
+        self.timing = {"read": t1 - t0, "build": t2 - t1, "restore": t3 - t2,
+                       "cpu": time.process_time() - cpu0, "child cpu": _children_cpu() - kids0}
         self.last_text = text
         return SyncResult(
             full=rs.full,
@@ -195,7 +230,8 @@ class IptablesBackend:
             lines += [f"-X {c}" for c in ours]
             lines.append("COMMIT")
         if lines:
-            self.run([self.restore_bin, "--noflush"], stdin="\n".join(lines) + "\n")
+            text = "\n".join(lines) + "\n"
+            self.run([self.restore_bin, "--noflush"], stdin=_fetch_all_first(text) if self.variant == "nft" else text)
 
 
 def _jumps_to(rule: str, target: str) -> bool:
@@ -224,11 +260,28 @@ def scan_tables(text: str) -> dict[str, tuple[set[str], dict[str, list[str]]]]:
     return out
 
 
-def scan_save(text: str) -> tuple[set[str], dict[str, dict[str, list[str]]]]:
-    """From iptables-save: the nat table's chain names, and the built-in chains' rules (table -> chain -> rules)."""
-    tables = scan_tables(text)
-    nat_chains = tables.get("nat", (set(), {}))[0]
-    return nat_chains, {t: b for t, (_, b) in tables.items() if b}
+FETCH_ALL_LINES = 2000  # nat lines from which one cache fetch of every chain costs less
+
+
+def _fetch_all_first(text: str) -> str:
+    """For iptables-nft-restore --noflush: a `-S` first in a big nat section.
+
+    iptables-nft-restore 1.8.x collects the chain names a transaction
+    mentions (each rule's chain and jump target) in a sorted linked list,
+    inserting each by a walk from the smallest name (nft-cache.c,
+    cache_chain_list_insert), then fetches those chains one request each:
+    quadratic in the chains mentioned, 85 s for a full sync of 10k services
+    (30k chains), and over a second for a KUBE-SERVICES of 10k jumps. A
+    command with no chain instead makes it fetch every chain of the table
+    in one dump and stop collecting names; `-S` is the only such command
+    that changes nothing (it lists the table, before the transaction, to
+    stdout, which the runner discards). It costs a fetch of every rule, so
+    it is used only where the names would cost more.
+    """
+    head, sep, nat = text.partition("*nat\n")
+    if not sep or nat.count("\n") < FETCH_ALL_LINES:
+        return text
+    return f"{head}*nat\n-S\n{nat}"
 
 
 def _with_jumps(text: str, missing: list[JumpRule]) -> str:

@@ -20,6 +20,7 @@ import time
 import pytest
 
 from netlab import netns
+from proxy import iptables_apply
 from proxy.iptables_apply import IptablesBackend
 from tests.integration.test_proxy_iptables_flows import Fabric, build_fabric, check_flow, connect, flow_state
 from tests.unit.test_proxy_iptables import _mutate
@@ -223,10 +224,16 @@ def saved_tables(ns: str, variant: str) -> str:
     return "\n".join(re.sub(r" \[\d+:\d+\]$", "", l) for l in out.splitlines() if not l.startswith("#"))
 
 
-@pytest.mark.parametrize("variant", ["nft", "legacy"])
-def test_partial_syncs_leave_the_tables_a_full_sync_writes(variant):
+@pytest.mark.parametrize("variant, fetch_all", [("nft", False), ("nft", True), ("legacy", False)])
+def test_partial_syncs_leave_the_tables_a_full_sync_writes(variant, fetch_all, monkeypatch):
     """Random partial syncs in the kernel, then: a full resync changes nothing, and a fresh
-    namespace given one full sync of the same state saves to the same tables."""
+    namespace given one full sync of the same state saves to the same tables.
+
+    `fetch_all`: every iptables-nft transaction starts with `-S`, as big ones do at 10k
+    services (iptables_apply._fetch_all_first), including the first into an empty namespace.
+    """
+    if fetch_all:
+        monkeypatch.setattr(iptables_apply, "FETCH_ALL_LINES", 0)
     rng = random.Random(5)
     f = Fabric()
     try:
