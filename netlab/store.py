@@ -200,6 +200,9 @@ class SqliteStore(Store):
                 "CREATE TABLE IF NOT EXISTS events (rev INTEGER PRIMARY KEY, type TEXT NOT NULL,"
                 " key TEXT NOT NULL, value TEXT)"
             )
+            # Every write and every watcher's poll asks "has a lease expired?": without this
+            # index that is a scan of every value in the store (0.4 ms at 1000 pods, per poll).
+            db.execute("CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires_at) WHERE expires_at IS NOT NULL")
             db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
             db.execute("INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0)")
 
