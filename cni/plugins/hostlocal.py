@@ -306,9 +306,12 @@ class Store:
         return True
 
     def _write_last(self, range_id: str, text: str) -> None:
-        """last_reserved_ip.N := text. Written in place and cut to length, not O_TRUNC'ed:
-        ext4 flushes a file truncated to zero when it is closed (auto_da_alloc),
-        which made this write cost more than the rest of an ADD. Readers hold the lock."""
+        """last_reserved_ip.N := text, written in place and cut to length.
+
+        Not O_TRUNC: ext4 starts writeback of a file truncated to zero when
+        it is closed (auto_da_alloc), 15x the cost of this write. Every
+        reader holds the lock, so none sees it half-written.
+        """
         data = text.encode()
         fd = os.open(os.path.join(self.dir, LAST_IP_PREFIX + range_id), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
