@@ -177,6 +177,7 @@ def _ip_bytes(addr: str) -> tuple[int, bytes]:
 
 
 NLM_F_ECHO = 0x8  # echo the change back to the requester (honoured by RTM_NEWLINK since Linux 6.3)
+IFLA_NUM_TX_QUEUES = 31
 
 
 class RtNetlink:
@@ -323,6 +324,13 @@ class RtNetlink:
         ifindex and, as IFLA_LINK, the peer's ifindex in the other
         namespace, so neither needs a lookup. None when the kernel does not
         echo (before 6.3).
+
+        Both ends get one TX queue from the start. A veth is otherwise
+        allocated with one per possible CPU and then cut to one in use
+        (veth_init_queues), and each cut waits for an expedited RCU grace
+        period while holding RTNL: two per pair, the largest share of a
+        pod's kernel time on a busy 2-CPU machine. The queues in use are
+        the same; `ip -d link` shows numtxqueues 1.
         """
         flags = IFF_UP if up else 0
         peer = _IFINFO.pack(0, 0, 0, 0, 0) + _str(IFLA_IFNAME, peer_name) + _u32(IFLA_NET_NS_FD, peer_netns_fd)
@@ -330,6 +338,7 @@ class RtNetlink:
             peer += _u32(IFLA_MTU, mtu)
         if peer_mac:
             peer += _attr(IFLA_ADDRESS, peer_mac)
+        peer += _u32(IFLA_NUM_TX_QUEUES, 1)
         info = _str(IFLA_INFO_KIND, "veth") + _attr(
             IFLA_INFO_DATA | NLA_F_NESTED, _attr(VETH_INFO_PEER | NLA_F_NESTED, peer)
         )
@@ -340,6 +349,7 @@ class RtNetlink:
             body += _attr(IFLA_ADDRESS, mac)
         if master:
             body += _u32(IFLA_MASTER, master)
+        body += _u32(IFLA_NUM_TX_QUEUES, 1)
         body += _attr(IFLA_LINKINFO | NLA_F_NESTED, info)
         replies = self.request(RTM_NEWLINK, body, NLM_F_CREATE | NLM_F_EXCL | (NLM_F_ECHO if echo else 0))
         for t, b in replies:

@@ -3,7 +3,8 @@
 Follows the reference plugins/main/bridge step by step: ensureBridge,
 IPAM (delegated, as ipam.ExecAdd), setupVeth, ipam.ConfigureIface inside
 the pod, then the gateway address on the bridge, forwarding and ipMasq.
-Differences, all invisible in the result and in `ip`/`bridge` output:
+Differences, invisible in the result and in `ip`/`bridge` output but for
+the veth's numtxqueues (1 allocated, as many in use as the reference's):
 
 - the veth pair is created in one RTM_NEWLINK from the node side, with the
   peer born inside the pod namespace, already up and enslaved, instead of
@@ -11,7 +12,10 @@ Differences, all invisible in the result and in `ip`/`bridge` output:
 - MACs are chosen here (random, locally administered, as the kernel's
   eth_random_addr) so no read-back is needed for the result;
 - IPAM runs before the veth exists, and a failed ADD undoes both the veth
-  and the reservation (the reference releases only the reservation).
+  and the reservation (the reference releases only the reservation);
+- the veth is made with one TX queue, the one the reference's ends up
+  using, which spares two RCU grace periods under RTNL per pod (see
+  RtNetlink.add_veth).
 """
 
 from __future__ import annotations
