@@ -58,6 +58,23 @@ def sandbox_id(namespace: str, name: str, uid: str) -> str:
     return hashlib.sha256(f"{namespace}/{name}/{uid}".encode()).hexdigest()
 
 
+def raise_nofile() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit, as containerd's and kubelet's units set LimitNOFILE.
+
+    Built-in servers hold two sockets per pod in this process: a 1000-pod
+    lab needs more than the usual soft limit of 1024 descriptors.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            log.warning("cannot raise the open-file limit from %d; large labs may run out", soft)
+
+
 _conf_cache: dict[str, tuple[tuple, dict]] = {}
 
 
@@ -207,6 +224,7 @@ class Kubelet:
     def __init__(self, lab: str, store: Store) -> None:
         self.lab = lab
         self.store = store
+        raise_nofile()
         self.sandboxes: dict[str, Sandbox] = {}
         self.retry_at: dict[str, float] = {}
         # Namespace, netlink and CNI work is synchronous: it runs on worker threads,
@@ -277,6 +295,16 @@ class Kubelet:
                     log.error("removing sandbox of %s failed: %s", sb.key, err)
         now = time.monotonic()
         new = [pod for key, pod in desired.items() if key not in self.sandboxes and self.retry_at.get(key, 0) <= now]
+        # Round robin over the nodes, so that concurrent sandboxes are mostly on different nodes
+        # (each node's host-local lock, bridge and data dirs are its own).
+        turns: dict[str, int] = {}
+
+        def turn(pod: dict) -> int:
+            n = pod["spec"]["nodeName"]
+            turns[n] = turns.get(n, 0) + 1
+            return turns[n]
+
+        new.sort(key=turn)
         if new:
             reporter = asyncio.ensure_future(self._report_while_starting())
             try:

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import signal
+import subprocess
 
 import pytest
 
@@ -77,6 +78,10 @@ def test_many_pods_are_wired_alike_and_deleted_cleanly(labs):
             assert routes >= {("default", gw), ("10.244.0.0/16", gw)}
             lo = ip_json(p["netns"], "link", "show", "dev", "lo")[0]
             assert "UP" in lo["flags"]
+            # One TX and one RX queue in use, as the reference plugin's veth.
+            queues = subprocess.run(["ip", "netns", "exec", p["netns"], "ls", "/sys/class/net/eth0/queues"],
+                                    capture_output=True, text=True, check=True).stdout.split()
+            assert queues == ["rx-0", "tx-0"]
     # Deleting half the pods (concurrent CNI DELs) releases exactly theirs.
     gone = [p for p in st["pods"] if int(p["name"].split("-")[1]) % 2]
     doomed = labs.write("".join(pod(p["name"], p["node"]) for p in gone))
