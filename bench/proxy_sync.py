@@ -10,6 +10,8 @@ same run), in a fresh namespace per size and variant:
 - read:    what reading the kernel adds to a full sync (first sync after a
            restart, after a failure, once per read period in large clusters);
 - partial: median of --partials syncs after one endpoint change;
+- floor:   a transaction that rewrites one rule as it was: what the kernel
+           charges any commit at this table size, however small;
 - loop:    the control loop's own cost for that change (validate the changed
            object, update the proxier values, diff), median, no kernel.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -95,14 +98,34 @@ def run(n: int, variant: str, prefix: str, partials: int) -> dict[str, float]:
             prev = s1
         mid = sorted(range(partials), key=times.__getitem__)[partials // 2]
         split.update({f"partial {k}": v for k, v in parts[mid].items()})
+        floor, floor_cpu = one_rule_restore(backend, partials)
         cpu = {f"{what} cpu total": split[f"{what} cpu"] + split[f"{what} child cpu"]
                for what in ("full", "resync")}
         cpu["partial cpu total"] = statistics.median(p["cpu"] + p["child cpu"] for p in parts)
         return {"full": full, "resync": resync, "read": read, "read cpu total": max(read_cpu, 0.0),
+                "floor": floor, "floor cpu total": floor_cpu,
                 "partial": times[mid], "rules": res.rules, "chains": res.chains, "bytes": res.bytes_written,
                 "partial bytes": len(backend.last_text), **split, **cpu}
     finally:
         netns.remove(ns)
+
+
+def one_rule_restore(backend: IptablesBackend, times: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of a transaction rewriting one rule as it is (KUBE-MARK-MASQ).
+
+    The kernel's cost of any commit at this table size: x_tables replaces the
+    whole table; nf_tables validates every chain reachable from the hooks.
+    """
+    text = "*nat\n:KUBE-MARK-MASQ - [0:0]\n-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\nCOMMIT\n"
+    walls, cpus = [], []
+    for _ in range(times):
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        backend.run([backend.restore_bin, "--noflush"], stdin=text)
+        walls.append(time.perf_counter() - t)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - kids.ru_utime - kids.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def _service_doc(i: int) -> Document:
@@ -190,19 +213,22 @@ def main() -> None:
 
     print(f"{args.runs} runs, medians; load average (1 min) {min(load):.1f}-{max(load):.1f} during the run")
     print(f"{'services':>8} {'variant':>7} {'full s':>7} {'resync s':>8} {'read s':>7} {'partial ms':>10} "
-          f"{'loop ms':>7} {'rules':>6} {'chains':>6} {'MB':>5} {'partial kB':>10}")
+          f"{'floor ms':>8} {'loop ms':>7} {'rules':>6} {'chains':>6} {'MB':>5} {'partial kB':>10}")
     for n in sizes:
         for v in ("nft", "legacy"):
             r = results[(n, v)][-1]
             print(f"{n:>8} {v:>7} {med(n, v, 'full'):>7.3f} {med(n, v, 'resync'):>8.3f} {med(n, v, 'read'):>7.3f} "
-                  f"{med(n, v, 'partial') * 1000:>10.1f} {statistics.median(loops[n]) * 1000:>7.1f} "
+                  f"{med(n, v, 'partial') * 1000:>10.1f} {med(n, v, 'floor') * 1000:>8.1f} "
+                  f"{statistics.median(loops[n]) * 1000:>7.1f} "
                   f"{r['rules']:>6} {r['chains']:>6} {r['bytes'] / 1e6:>5.2f} {r['partial bytes'] / 1e3:>10.1f}")
     print("\nCPU time (this process + iptables-restore/save), medians: less sensitive to the load")
-    print(f"{'services':>8} {'variant':>7} {'full s':>7} {'resync s':>8} {'read s':>7} {'partial ms':>10}")
+    print(f"{'services':>8} {'variant':>7} {'full s':>7} {'resync s':>8} {'read s':>7} {'partial ms':>10} "
+          f"{'floor ms':>8}")
     for n in sizes:
         for v in ("nft", "legacy"):
             print(f"{n:>8} {v:>7} {med(n, v, 'full cpu total'):>7.3f} {med(n, v, 'resync cpu total'):>8.3f} "
-                  f"{med(n, v, 'read cpu total'):>7.3f} {med(n, v, 'partial cpu total') * 1000:>10.1f}")
+                  f"{med(n, v, 'read cpu total'):>7.3f} {med(n, v, 'partial cpu total') * 1000:>10.1f} "
+                  f"{med(n, v, 'floor cpu total') * 1000:>8.1f}")
     print("\nratios (medians): nft/legacy for full, resync, partial; resync/partial per variant")
     for n in sizes:
         ratio = [med(n, "nft", k) / med(n, "legacy", k) for k in ("full", "resync", "partial")]

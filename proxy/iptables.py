@@ -91,7 +91,7 @@ _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _B32_PAIRS = [_B32[i >> 5] + _B32[i & 31] for i in range(1024)]  # 10 bits -> 2 base32 digits
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=1 << 16)  # bounded: endpoints come and go for as long as the proxy runs
 def _hash(text: str) -> str:
     """kube-proxy's portProtoHash: base32(sha256(text))[:16].
 

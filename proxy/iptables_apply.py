@@ -1,10 +1,13 @@
 """The iptables mode's kernel adapter: one `iptables-restore --noflush` per sync.
 
 The rule text comes from proxy/iptables.py (pure); this module only runs
-iptables-restore / iptables-save inside the node's namespace, as kube-proxy
-runs them inside its pod on the host network. iptables-nft is the default
-(what current distributions and kube-proxy's image pick); `legacy` selects
-the x_tables binaries.
+iptables-restore / iptables-save (and, to read chain names, `nft list
+chains`) inside the node's namespace, as kube-proxy runs them inside its pod
+on the host network. iptables-nft is the default (what current distributions
+and kube-proxy's image pick); `legacy` selects the x_tables binaries. With
+iptables-nft, built-in chains that do not exist yet are linked to our empty
+chains in a small transaction ahead of the sync, as kube-proxy's
+EnsureChain/EnsureRule do before its restore.
 
 Never run in the host's root namespace: the backend refuses `netns=None`
 unless it was explicitly told the current namespace is a node's
