@@ -80,6 +80,7 @@ class ProxyLoop:
         self.invalid: dict[str, str] = {}
         self._good: dict[str, dict[str, Any]] = {}  # key -> last valid normalized object
         self._checked: dict[str, tuple[Any, str]] = {}  # key -> (Document validated, its error or "")
+        self._doc_errors: dict[str, str] = {}  # key -> why its current Document is invalid
         # The proxier values, kept up to date object by object (see _take_in).
         self._node_seen: NodeContext | None = None
         self._used: dict[str, dict[str, Any]] = {}  # key -> the object its values came from
@@ -113,7 +114,12 @@ class ProxyLoop:
         changed are added to self._dirty.
         """
         docs = self.source.documents()
-        invalid = dict(self.source.errors())
+        checked = self._checked
+        for key in checked.keys() - docs.keys():
+            del checked[key]
+            self._good.pop(key, None)
+            self._doc_errors.pop(key, None)
+            self._forget(key)
         if node != self._node_seen:  # endpoints' is_local depends on the node: start over
             self._node_seen = node
             self._used.clear()
@@ -123,32 +129,29 @@ class ProxyLoop:
             self._services.clear()
             self._endpoints.clear()
             self._dirty = None
-        for key in list(self._checked):
-            if key not in docs:
-                del self._checked[key]
-                self._good.pop(key, None)
-        for key in list(self._used):
-            if key not in docs:
-                self._forget(key)
+            for key, obj in self._good.items():
+                self._add(key, obj)
         for key, doc in docs.items():
-            seen = self._checked.get(key)
-            if seen is not None and seen[0] is doc:  # sources keep unchanged Documents: validated already
-                err = seen[1]
+            seen = checked.get(key)
+            if seen is not None and seen[0] is doc:  # sources keep unchanged Documents: taken in already
+                continue
+            err = ""
+            try:
+                obj = validate_service(doc) if key.startswith(st.SERVICES) else validate_endpointslice(doc)
+                self._good[key] = obj
+            except SpecError as e:
+                err = str(e)
+                self._doc_errors[key] = err
             else:
-                err = ""
-                try:
-                    obj = validate_service(doc) if key.startswith(st.SERVICES) else validate_endpointslice(doc)
-                    self._good[key] = obj
-                except SpecError as e:
-                    err = str(e)
-                self._checked[key] = (doc, err)
-            if err:
-                invalid[key] = err
+                self._doc_errors.pop(key, None)
+            checked[key] = (doc, err)
             obj = self._good.get(key)
             if obj is not self._used.get(key):
                 self._forget(key)
                 if obj is not None:
                     self._add(key, obj)
+        invalid = dict(self.source.errors())
+        invalid.update(self._doc_errors)
         if invalid != self.invalid:
             for key, msg in invalid.items():
                 if self.invalid.get(key) != msg:
