@@ -517,6 +517,7 @@ class Proxier:
         old = self.ports.get(name)
         if old is new:
             return old
+        by_service = self._by_service  # built from self.ports before they change
         if old is not None:
             self._nat_rules -= old.nat_rules
             self._filter_rules -= old.filter_rules
@@ -528,15 +529,15 @@ class Proxier:
             self.ports[name] = new
             if old is None:
                 bisect.insort(self._order, name, key=_sort_key)
-                self._by_service.setdefault(name.service, set()).add(name)
+                by_service.setdefault(name.service, set()).add(name)
         else:
             del self.ports[name]
             i = bisect.bisect_left(self._order, _sort_key(name), key=_sort_key)
             del self._order[i]
-            names = self._by_service[name.service]
+            names = by_service[name.service]
             names.discard(name)
             if not names:
-                del self._by_service[name.service]
+                del by_service[name.service]
         return old
 
     def _reset_ports(self, ports: dict[ServicePortName, _Port]) -> None:
