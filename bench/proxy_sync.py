@@ -12,6 +12,8 @@ same run), in a fresh namespace per size and variant:
 - partial: median of --partials syncs after one endpoint change;
 - floor:   a transaction that rewrites one rule as it was: what the kernel
            charges any commit at this table size, however small;
+- add:     a partial sync that adds one service, which rewrites KUBE-SERVICES
+           whole (as kube-proxy does on every sync);
 - loop:    the control loop's own cost for that change (validate the changed
            object, update the proxier values, diff), median, no kernel.
 
@@ -98,14 +100,20 @@ def run(n: int, variant: str, prefix: str, partials: int) -> dict[str, float]:
             prev = s1
         mid = sorted(range(partials), key=times.__getitem__)[partials // 2]
         split.update({f"partial {k}": v for k, v in parts[mid].items()})
+        partial_bytes = len(backend.last_text)
         floor, floor_cpu = one_rule_restore(backend, partials)
+        grown = state(n + 1, bump=partials)  # one service more: KUBE-SERVICES is rewritten whole
+        t = time.perf_counter()
+        r = backend.sync(grown, grown.changed_from(prev))
+        added = time.perf_counter() - t
+        assert not r.full
         cpu = {f"{what} cpu total": split[f"{what} cpu"] + split[f"{what} child cpu"]
                for what in ("full", "resync")}
         cpu["partial cpu total"] = statistics.median(p["cpu"] + p["child cpu"] for p in parts)
         return {"full": full, "resync": resync, "read": read, "read cpu total": max(read_cpu, 0.0),
-                "floor": floor, "floor cpu total": floor_cpu,
+                "floor": floor, "floor cpu total": floor_cpu, "add": added,
                 "partial": times[mid], "rules": res.rules, "chains": res.chains, "bytes": res.bytes_written,
-                "partial bytes": len(backend.last_text), **split, **cpu}
+                "partial bytes": partial_bytes, **split, **cpu}
     finally:
         netns.remove(ns)
 
@@ -213,12 +221,13 @@ def main() -> None:
 
     print(f"{args.runs} runs, medians; load average (1 min) {min(load):.1f}-{max(load):.1f} during the run")
     print(f"{'services':>8} {'variant':>7} {'full s':>7} {'resync s':>8} {'read s':>7} {'partial ms':>10} "
-          f"{'floor ms':>8} {'loop ms':>7} {'rules':>6} {'chains':>6} {'MB':>5} {'partial kB':>10}")
+          f"{'floor ms':>8} {'add ms':>7} {'loop ms':>7} {'rules':>6} {'chains':>6} {'MB':>5} {'partial kB':>10}")
     for n in sizes:
         for v in ("nft", "legacy"):
             r = results[(n, v)][-1]
             print(f"{n:>8} {v:>7} {med(n, v, 'full'):>7.3f} {med(n, v, 'resync'):>8.3f} {med(n, v, 'read'):>7.3f} "
                   f"{med(n, v, 'partial') * 1000:>10.1f} {med(n, v, 'floor') * 1000:>8.1f} "
+                  f"{med(n, v, 'add') * 1000:>7.0f} "
                   f"{statistics.median(loops[n]) * 1000:>7.1f} "
                   f"{r['rules']:>6} {r['chains']:>6} {r['bytes'] / 1e6:>5.2f} {r['partial bytes'] / 1e3:>10.1f}")
     print("\nCPU time (this process + iptables-restore/save), medians: less sensitive to the load")
