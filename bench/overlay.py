@@ -14,7 +14,22 @@ Nodes, pods and the underlay are namespaces of a cni.overlay.testbed bed
 (nltest-ovl-bench-*), agents are `python -m cni.overlay` processes; all
 is removed at the end, also on failure.
 
+Lab convergence (--only lab, or part of the full run): a real --nodes lab
+(`netlab up` through netlab.lab: fabric, labd, a flanneld and a kube-proxy
+per node), once on the embedded store and once on netlab's own etcd
+(`store: {type: etcd}`); then `node add` --adds times (netlab.lab.node_add,
+as the CLI calls it). For each add: from the add's start, and from the new
+node's lease appearing in the store, to every other node having the route
+to its subnet and the FDB entry for its VTEP; and the add's own "ready"
+(its lease held and its routes to every peer). Labs are named nlf-bench-*
+and torn down at the end, also on failure.
+
+Idle (--only idle, or part of the full run): the CPU an idle --nodes lab's
+processes use over 10 s (utime + stime from /proc), per kind (labd,
+flanneld, kube-proxy, etcd), on each store.
+
     sudo .venv/bin/python bench/overlay.py [--seconds 5] [--repeat 3] [--nodes 10] [--adds 3] [--store sqlite|etcd]
+                                           [--only throughput|convergence|lab|idle]
 """
 
 from __future__ import annotations
@@ -22,9 +37,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -163,29 +180,157 @@ def convergence(workdir: str, store_kind: str, nodes: int, adds: int) -> list[fl
     return times
 
 
+def lab_convergence(workdir: str, store: str, nodes: int, adds: int) -> list[dict[str, float]]:
+    """`node add` in a real `nodes`-node lab on `store` (embedded or etcd): seconds per add, see the docstring."""
+    from netlab import lab
+    from netlab.spec.lab import NodeSpec
+
+    name = f"nlf-bench-{uuid.uuid4().hex[:4]}"
+    path = os.path.join(workdir, f"{name}.yaml")
+    with open(path, "w") as f:
+        f.write(f"apiVersion: netlab/v1alpha1\nkind: Lab\nmetadata: {{name: {name}}}\nspec:\n  nodes: {nodes}\n"
+                + ("  store: {type: etcd}\n" if store == "etcd" else ""))
+    out = []
+    try:
+        lab.up([path], None, 600)
+        for i in range(adds):
+            node = f"node{nodes + i + 1}"
+            before = lab.plan_from_record(lab.require_record(name))
+            plan = lab.plan_join(before, [(NodeSpec(node), "bench")])
+            new = plan.node(node)
+            ip, subnet = str(new.ip), str(new.pod_cidr)
+            peers = list(before.nodes)
+            seen: dict[str, float] = {}
+            stop = threading.Event()
+
+            def watch() -> None:
+                # The new lease in the store, then each peer's route and FDB entry: only the peers not
+                # yet programmed are looked at, so the probe does not starve the agents.
+                store = lab.store_for(name)
+                try:
+                    mac = None
+                    while mac is None and not stop.is_set():
+                        kv = store.get(leases.subnet_key(new.pod_cidr))
+                        if kv is not None and kv.value.get("PublicIP") == ip:
+                            seen["lease"] = time.monotonic()
+                            mac = kv.value["BackendData"]["VtepMAC"]
+                        else:
+                            time.sleep(0.002)
+                    pending = list(peers)
+                    while pending and not stop.is_set():
+                        for n in list(pending):
+                            with Kernel(n.netns) as k:
+                                st = k.observe(plan.lab.pod_network, n.pod_cidr)
+                            if subnet in {r.dst for r in st.routes} and (mac, ip) in {(e.mac, e.dst) for e in st.fdb}:
+                                pending.remove(n)
+                        if pending:
+                            time.sleep(0.01)
+                    if not pending:
+                        seen["peers"] = time.monotonic()
+                finally:
+                    store.close()
+
+            t = threading.Thread(target=watch, daemon=True)
+            t0 = time.monotonic()
+            t.start()
+            try:
+                res = lab.node_add(name, node)
+                t.join(30)
+            finally:
+                stop.set()
+            if "peers" not in seen:
+                raise RuntimeError(f"{node}: not programmed on every peer within 30 s of its add")
+            out.append({"lease": seen["lease"] - t0, "peers": seen["peers"] - t0,
+                        "lease_to_peers": seen["peers"] - seen["lease"], "ready": res.ready_at - t0})
+    finally:
+        lab.teardown(name)
+    return out
+
+
+def idle_cpu(workdir: str, store: str, nodes: int, seconds: float = 10.0) -> dict[str, float]:
+    """CPU of an idle `nodes`-node lab's processes over `seconds`, per kind, in % of one core (/proc/PID/stat)."""
+    from netlab import daemons, lab
+
+    name = f"nlf-bench-{uuid.uuid4().hex[:4]}"
+    path = os.path.join(workdir, f"{name}.yaml")
+    with open(path, "w") as f:
+        f.write(f"apiVersion: netlab/v1alpha1\nkind: Lab\nmetadata: {{name: {name}}}\nspec:\n  nodes: {nodes}\n"
+                + ("  store: {type: etcd}\n" if store == "etcd" else ""))
+
+    def ticks(pid: int | None) -> int:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, TypeError):
+            return 0
+
+    try:
+        lab.up([path], None, 600)
+        time.sleep(2)  # past the start-up
+        pids = {p[:-4]: daemons.recorded_pid(name, p[:-4]) for p in os.listdir(daemons.pid_dir(name))}
+        start = {d: ticks(pid) for d, pid in pids.items()}
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        elapsed = time.monotonic() - t0
+        out: dict[str, float] = {}
+        for d, pid in pids.items():
+            kind = d.split("-node")[0]
+            out[kind] = out.get(kind, 0.0) + 100 * (ticks(pid) - start[d]) / os.sysconf("SC_CLK_TCK") / elapsed
+        return out
+    finally:
+        lab.teardown(name)
+
+
+def _ms(values: list[float]) -> str:
+    ms = [v * 1000 for v in values]
+    return f"{statistics.median(ms):>7.0f} {max(ms):>7.0f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--nodes", type=int, default=10)
     ap.add_argument("--adds", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3, help="iperf3 runs per path (the median is shown)")
-    ap.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite")
+    ap.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite",
+                    help="the test beds' store (the lab part measures both)")
+    ap.add_argument("--only", choices=("throughput", "convergence", "lab", "idle"), help="run one part")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/overlay.py needs root (network namespaces)")
-    with tempfile.TemporaryDirectory(prefix="netlab-bench-overlay-") as workdir:
-        tp = throughput(workdir, args.store, args.seconds, args.repeat)
-        conv = convergence(workdir, args.store, args.nodes, args.adds)
-    same = tp["same-node"]
+    parts = [args.only] if args.only else ["throughput", "convergence", "lab", "idle"]
     print(f"# bench/overlay.py --seconds {args.seconds:g} --repeat {args.repeat} --nodes {args.nodes} "
-          f"--adds {args.adds} --store {args.store}")
-    print(f"{'path':<28} {'Gbit/s':>8} {'ratio to same-node':>20}")
-    print(f"{'pod->pod same node (cni0)':<28} {same:>8.2f} {1.0:>20.2f}")
-    print(f"{'pod->pod across, vxlan':<28} {tp['vxlan']:>8.2f} {tp['vxlan'] / same:>20.2f}")
-    print(f"{'pod->pod across, host-gw':<28} {tp['host-gw']:>8.2f} {tp['host-gw'] / same:>20.2f}")
-    ms = [t * 1000 for t in conv]
-    print(f"node add in a {args.nodes}-node lab: lease -> programmed on every peer: "
-          f"median {statistics.median(ms):.0f} ms, max {max(ms):.0f} ms over {len(ms)} adds")
+          f"--adds {args.adds} --store {args.store}" + (f" --only {args.only}" if args.only else ""))
+    print(f"# {os.cpu_count()} cores, kernel {platform.release()}, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start")
+    with tempfile.TemporaryDirectory(prefix="netlab-bench-overlay-") as workdir:
+        if "throughput" in parts:
+            tp = throughput(workdir, args.store, args.seconds, args.repeat)
+            same = tp["same-node"]
+            print(f"{'path':<28} {'Gbit/s':>8} {'ratio to same-node':>20}")
+            print(f"{'pod->pod same node (cni0)':<28} {same:>8.2f} {1.0:>20.2f}")
+            print(f"{'pod->pod across, vxlan':<28} {tp['vxlan']:>8.2f} {tp['vxlan'] / same:>20.2f}")
+            print(f"{'pod->pod across, host-gw':<28} {tp['host-gw']:>8.2f} {tp['host-gw'] / same:>20.2f}")
+        if "convergence" in parts:
+            conv = convergence(workdir, args.store, args.nodes, args.adds)
+            ms = [t * 1000 for t in conv]
+            print(f"node add in a {args.nodes}-node test bed: lease -> programmed on every peer: "
+                  f"median {statistics.median(ms):.0f} ms, max {max(ms):.0f} ms over {len(ms)} adds")
+        if "lab" in parts:
+            print(f"node add in a {args.nodes}-node lab, {args.adds} adds per store (ms: median, max)")
+            print(f"{'store':<9} {'add->lease':>15} {'add->peers':>15} {'lease->peers':>15} {'add->ready':>15}")
+            for store in ("embedded", "etcd"):
+                runs = lab_convergence(workdir, store, args.nodes, args.adds)
+                print(f"{store:<9} " + " ".join(f"{_ms([r[k] for r in runs]):>15}"
+                                               for k in ("lease", "peers", "lease_to_peers", "ready")))
+        if "idle" in parts:
+            print(f"idle {args.nodes}-node lab, CPU over 10 s in % of one core")
+            for store in ("embedded", "etcd"):
+                cpu = idle_cpu(workdir, store, args.nodes)
+                print(f"{store:<9} " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(cpu.items()))
+                      + f"; all {sum(cpu.values()):.0f}")
+    print(f"# load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at end")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,11 @@ def ensure_lab_namespace(plan: LabPlan, changes: Changes) -> None:
         _set_up(ipr, "lo", changes, plan.netns)
         br = _link(ipr, names.UNDERLAY_BRIDGE)
         if br is None:
-            ipr.link("add", ifname=names.UNDERLAY_BRIDGE, kind="bridge", mtu=plan.lab.underlay_mtu)
+            # A MAC of its own (set, not inherited): a Linux bridge otherwise takes its ports' lowest
+            # MAC and changes it when that port leaves or a lower one joins, and the nodes' ARP entry
+            # for the gateway (.1: the default route, netlab's etcd) points nowhere until it goes stale.
+            ipr.link("add", ifname=names.UNDERLAY_BRIDGE, kind="bridge", mtu=plan.lab.underlay_mtu,
+                     address=bridge_mac(plan.lab.name))
             changes.add(f"bridge {names.UNDERLAY_BRIDGE}")
         elif br.get_attr("IFLA_MTU") != plan.lab.underlay_mtu:
             ipr.link("set", index=br["index"], mtu=plan.lab.underlay_mtu)
@@ -75,6 +79,14 @@ def ensure_lab_namespace(plan: LabPlan, changes: Changes) -> None:
         _ensure_address(ipr, bridge, str(plan.gateway), plan.prefixlen, changes, f"{plan.netns}: {names.UNDERLAY_BRIDGE}")
     # The lab namespace only switches frames; keep its netfilter out of the path.
     netns.write_sysctl(plan.netns, "net.bridge.bridge-nf-call-iptables", 0)
+
+
+def bridge_mac(lab: str) -> str:
+    """The underlay bridge's MAC: locally administered, unicast, the same for the same lab name."""
+    import hashlib
+
+    digest = hashlib.sha256(f"netlab underlay {lab}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def _attach(plan: LabPlan, port: str, target_netns: str, ip, changes: Changes, what: str) -> None:

@@ -5,7 +5,7 @@ benchmark. The order of `up` follows the principles: validate everything
 (no kernel object yet), plan purely, take the lab's lock, record the lab in
 its state dir before creating anything (so `down` can undo a crashed
 `up`), make the kernel match, write the desired objects to the store, start
-the daemons, and wait for the pods.
+the daemons, and wait for the pods and for every node to be ready.
 """
 
 from __future__ import annotations
@@ -25,13 +25,17 @@ from typing import Any
 from netlab import daemons, fabric, names, netns
 from netlab.errors import LabBusy, NetlabError, NeedsRoot, SpecError, SpecErrors
 from netlab.plan import LabFull, LabPlan, NodePlan, plan_lab
-from netlab.spec.lab import LabSpec, NodeSpec
+from netlab.spec.lab import ETCD_CLIENT_PORT, LabSpec, NodeSpec
 from netlab.spec.topology import ApiObject, check_pods_fit, load_topology, parse_objects, pod_object, schedule
 from netlab.spec.source import Document, load_files
-from netlab.store import ENDPOINTSLICES, FLANNEL_CONFIG, FLANNEL_SUBNETS, PODS, SERVICES, Store, object_key, open_store
+from netlab.store import (ENDPOINTSLICES, FLANNEL_CONFIG, FLANNEL_SUBNETS, LABS, NODES, PODS, SERVICES, Store, object_key,
+                          open_store)
 
 LAB_FILE = "lab.json"
 LABD = "labd"
+ETCD = "etcd"  # the lab's own etcd, when spec.store is {type: etcd} without endpoints
+# How long netlab's own etcd may take to answer after it is started.
+ETCD_START_TIMEOUT = 30.0
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -83,8 +87,31 @@ def lab_lock(lab: str) -> Iterator[None]:
         os.close(fd)
 
 
+def store_url(record: dict | None, lab: str) -> str:
+    """The URL netlab's commands open the lab's store with, as `up` recorded it (embedded before spec.store)."""
+    return ((record or {}).get("store") or {}).get("url") or f"sqlite://{names.store_path(lab)}"
+
+
 def store_for(lab: str) -> Store:
-    return open_store(f"sqlite://{names.store_path(lab)}")
+    """The lab's store (embedded, netlab's own etcd or the user's), as recorded in its state dir."""
+    return open_store(store_url(read_lab(lab), lab))
+
+
+def store_record(plan: LabPlan, keep_config: bool = False) -> dict:
+    """What lab.json says about the store: its URLs and who owns what in it."""
+    spec = plan.lab.store
+    out = {"type": spec.type, "url": plan.store_url, "daemonUrl": plan.daemon_store_url, "managed": spec.owned}
+    if spec.owned:
+        out["dataDir"] = etcd_dir(plan.lab.name)
+    if spec.endpoints:
+        # /coreos.com/network/config was there before the lab (the user's): `down` leaves it.
+        out["keepConfig"] = keep_config
+    return out
+
+
+def etcd_dir(lab: str) -> str:
+    """netlab's own etcd's data (and nothing else): under the lab's state dir, gone with it."""
+    return os.path.join(names.lab_dir(lab), "etcd")
 
 
 def read_lab(lab: str) -> dict | None:
@@ -144,7 +171,7 @@ def node_daemons(plan: LabPlan, node) -> list[tuple[str, list[str]]]:
     """
     spec = plan.lab
     lab = spec.name
-    store = f"sqlite://{names.store_path(lab)}"
+    store = plan.daemon_store_url
     proxy_flags = ["--iptables", spec.iptables_backend]
     if spec.proxy_mode == "ipvs" and spec.ipvs_scheduler:
         proxy_flags += ["--ipvs-scheduler", spec.ipvs_scheduler]
@@ -274,7 +301,8 @@ def put_objects(store: Store, lab: LabSpec, objects: list[ApiObject], changes: l
 def ensure_daemons(plan: LabPlan, changes: list[str]) -> None:
     lab = plan.lab.name
     if not daemons.alive(lab, LABD):
-        daemons.spawn(lab, LABD, plan.netns, daemons.python_argv("netlab.labd", "--lab", lab))
+        daemons.spawn(lab, LABD, plan.netns,
+                      daemons.python_argv("netlab.labd", "--lab", lab, "--store", plan.daemon_store_url))
         changes.append("daemon labd (kubelet, controllers)")
     for node in plan.nodes:
         ensure_node_daemons(plan, node, changes)
@@ -296,6 +324,104 @@ def ensure_node(plan: LabPlan, node: NodePlan, store: Store, changes: list[str])
     _put_if_changed(store, object_key("Node", None, node.name), plan.node_object(node), changes, f"node {node.name}")
     changes.extend(_node_files(plan, node))
     ensure_node_daemons(plan, node, changes)
+
+
+def ensure_etcd(plan: LabPlan, changes: list[str], timeout: float = ETCD_START_TIMEOUT) -> None:
+    """netlab's own etcd for the lab: a lab daemon in the lab namespace, its data in the state dir.
+
+    Debian's etcd-server as a single member, listening on the lab namespace's
+    loopback and on the underlay's gateway address (the control plane's
+    address on the node network). Started like the other lab daemons (marked,
+    its PID recorded, ended by PID); a restarted etcd finds its data again.
+    """
+    from netlab.store_etcd import EtcdError, etcd_argv, etcd_binary, wait_ready
+
+    lab = plan.lab.name
+    log_path = os.path.join(daemons.log_dir(lab), f"{ETCD}.log")
+    if not daemons.alive(lab, ETCD):
+        try:
+            binary = etcd_binary()
+        except EtcdError as e:
+            raise NetlabError(f"{plan.lab.store.where}: spec.store: {e}") from None
+        os.makedirs(etcd_dir(lab), exist_ok=True)
+        argv = etcd_argv(binary, etcd_dir(lab), ["127.0.0.1", str(plan.gateway)], ETCD_CLIENT_PORT, name=lab)
+        daemons.spawn(lab, ETCD, plan.netns, argv)
+        changes.append(f"daemon {ETCD} (data {etcd_dir(lab)})")
+
+    def log() -> str:
+        try:
+            with open(log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    try:
+        wait_ready(plan.store_url, timeout, lambda: None if daemons.alive(lab, ETCD) else "early", log)
+    except EtcdError as e:
+        raise NetlabError(f"lab {lab}: {e} (see {log_path})") from None
+
+
+def check_store(spec: LabSpec, record: dict | None) -> bool:
+    """Before anything is made: the store the spec names can hold this lab. Returns keepConfig.
+
+    netlab's own etcd needs etcd installed. A user's etcd must be reachable
+    and hold one lab, as an etcd holds one cluster: no other lab, no
+    Kubernetes objects that are not this lab's, no different flannel
+    network config, no lease on a subnet this lab's nodes take. A flannel
+    config that is already there and the same is the user's: `down` keeps it.
+    """
+    from netlab.store_etcd import EtcdError, etcd_binary
+
+    store = spec.store
+    if store.owned:
+        try:
+            etcd_binary()
+        except EtcdError as e:
+            raise SpecError(store.where, "spec.store.type", str(e),
+                            "install it, or use store: {type: embedded}") from None
+        return False
+    if not store.endpoints:
+        return False
+    if store.netns and not netns.exists(store.netns):
+        raise SpecError(store.where, "spec.store.netns", f"there is no network namespace {store.netns!r}",
+                        "name one `ip netns list` shows, or leave netns out to reach the endpoints from the host")
+    if record is not None:  # the lab is up on this etcd: it checked at its first `up`
+        return bool((record.get("store") or {}).get("keepConfig"))
+    plan = plan_lab(spec)
+    where = ", ".join(f"http://{e}" for e in store.endpoints)
+    try:
+        with open_store(plan.store_url) as st:
+            labs = [kv.key[len(LABS):] for kv in st.list(LABS)[0]]
+            others = [name for name in labs if name != spec.name]
+            if others:
+                raise SpecError(store.where, "spec.store.endpoints", f"etcd at {where} holds lab {others[0]!r}",
+                                f"an etcd holds one lab, as it holds one cluster: `netlab down {others[0]}` first,"
+                                " or give this lab an etcd of its own")
+            if spec.name in labs:  # this lab's keys, from a state dir that is gone (a reboot): netlab's own
+                return False
+            foreign = [kv.key for p in (PODS, SERVICES, ENDPOINTSLICES, NODES) for kv in st.list(p)[0]]
+            if foreign:
+                raise SpecError(store.where, "spec.store.endpoints",
+                                f"etcd at {where} holds {len(foreign)} Kubernetes object(s) of another cluster"
+                                f" ({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})",
+                                "the lab is the cluster this etcd stores: give it an etcd of its own, or remove them")
+            conf = st.get(FLANNEL_CONFIG)
+            if conf is not None and conf.value != spec.pod_network.to_json():
+                raise SpecError(store.where, "spec.store.endpoints",
+                                f"etcd at {where} holds another flannel network at {FLANNEL_CONFIG}:"
+                                f" {json.dumps(conf.value, separators=(',', ':'))}",
+                                "make podNetwork the same, or delete the key if no flanneld uses it")
+            from cni.overlay.lease import parse_leases
+
+            ours = {n.pod_cidr: str(n.ip) for n in plan.nodes}
+            for subnet, lease in parse_leases([(kv.key, kv.value) for kv in st.list(FLANNEL_SUBNETS)[0]]).items():
+                if subnet in ours and str(lease.public_ip) != ours[subnet]:
+                    raise SpecError(store.where, "spec.store.endpoints",
+                                    f"etcd at {where}: subnet {subnet} is leased to {lease.public_ip} by another flanneld",
+                                    "use another podNetwork (SubnetMin), or an etcd of the lab's own")
+            return conf is not None
+    except EtcdError as e:
+        raise NetlabError(f"{store.where}: spec.store: {e}") from None
 
 
 def wait_for_pods(store: Store, keys: set[str], timeout: float, progress: Progress | None) -> dict[str, str]:
@@ -327,25 +453,31 @@ def up(paths: list[str], progress: Progress | None = None, timeout: float = 300.
     topo = load_topology(paths)  # raises SpecError(s): nothing exists yet
     require_root()
     lab = topo.lab.name
+    # The store can hold the lab (etcd installed; a user's etcd reachable and not another cluster's):
+    # checked before the lab's lock, whose file would be the first thing made.
+    keep_config = check_store(topo.lab, read_lab(lab))
     with lab_lock(lab):
         record = read_lab(lab)
         spec = topo.lab.to_dict()
         created = record is None
         if record is not None and record["spec"] != spec:
-            diff = [k for k in spec if record["spec"].get(k) != spec[k]]
+            diff = [k for k in {**record["spec"], **spec} if record["spec"].get(k) != spec.get(k)]
             raise NetlabError(
                 f"lab {lab!r} is already up with a different {', '.join(diff)}; "
                 f"pods and services can change with `netlab apply`, the lab itself cannot: run `netlab down {lab}` first"
             )
         plan = _plan_up(topo.lab, record)
         # Journal first: the state dir names the lab before any kernel object exists.
-        write_record(lab, {"spec": spec, "files": [os.path.abspath(p) for p in paths], "nodes": membership(plan)})
+        write_record(lab, {"spec": spec, "files": [os.path.abspath(p) for p in paths], "nodes": membership(plan),
+                           "store": store_record(plan, keep_config)})
         ch = fabric.Changes()
         fabric.ensure_lab_namespace(plan, ch)
         for client in plan.clients:
             fabric.ensure_client(plan, client, ch)
         changes = list(ch.made)
-        store = store_for(lab)
+        if topo.lab.store.owned:
+            ensure_etcd(plan, changes)
+        store = open_store(plan.store_url)
         try:
             _put_if_changed(store, object_key("Lab", None, lab), {"apiVersion": "netlab/v1alpha1", "kind": "Lab",
                                                                   "metadata": {"name": lab}, "spec": spec},
@@ -362,6 +494,10 @@ def up(paths: list[str], progress: Progress | None = None, timeout: float = 300.
             ensure_daemons(plan, changes)
             keys = {p.key for p in topo.pods}
             phases = wait_for_pods(store, keys, timeout, progress)
+            if not [k for k, ph in phases.items() if ph == "Pending"]:
+                # Every node ready too (its lease held, routes to every peer), as `node add` returns:
+                # a pod can reach every other pod once `up` returns.
+                wait_nodes_ready(plan, list(plan.nodes), store, max(1.0, timeout - (time.monotonic() - t0)))
         finally:
             store.close()
         stuck = sorted(k for k, ph in phases.items() if ph == "Pending")
@@ -665,13 +801,36 @@ def teardown(lab: str) -> list[str]:
     """Remove everything of `lab`: its processes, namespaces (and so links) and state dir.
 
     Found by name and marker, not by the record alone, so a crashed or
-    interrupted `up` is undone as completely as a finished one.
+    interrupted `up` is undone as completely as a finished one. What could
+    not be removed (a user's etcd that did not answer) is the last entry,
+    starting with "kept:".
     """
-    removed = []
-    pids = daemons.lab_processes(lab)
+    removed, kept = _teardown(lab)
+    return removed + ([f"kept: {kept}"] if kept else [])
+
+
+def _teardown(lab: str) -> tuple[list[str], str | None]:
+    removed: list[str] = []
+    record = read_lab(lab)
+    store = (record or {}).get("store") or {}
+    # The daemons first, netlab's own etcd last (by its recorded PID), so nothing writes to a store
+    # that is going away, and no flanneld renews a lease `down` releases.
+    etcd_pid = daemons.recorded_pid(lab, ETCD)
+    pids = [p for p in daemons.lab_processes(lab) if p != etcd_pid]
     daemons.terminate(pids)
+    if etcd_pid is not None:
+        daemons.stop(lab, ETCD)
+        removed.append(f"etcd (pid {etcd_pid}) and its data")
     if pids:
         removed.append(f"{len(pids)} process(es)")
+    kept = None
+    if store.get("type") == "etcd" and not store.get("managed") and record is not None:
+        try:
+            n = remove_lab_keys(record)
+            removed.append(f"{n} key(s) in etcd")
+        except Exception as e:  # noqa: BLE001 - the machine is cleaned regardless; say what remains
+            kept = (f"the lab's keys in the etcd at {store['url']} ({e}); remove them with"
+                    f" `etcdctl del --prefix` on {', '.join(lab_key_prefixes(record))}")
     spaces = fabric.lab_namespaces(lab)
     for n in spaces:
         netns.remove(n)
@@ -680,16 +839,62 @@ def teardown(lab: str) -> list[str]:
     if os.path.isdir(names.lab_dir(lab)):
         shutil.rmtree(names.lab_dir(lab), ignore_errors=True)
         removed.append(f"state dir {names.lab_dir(lab)}")
-    return removed
+    return removed, kept
+
+
+# The Kubernetes objects netlab keeps in the store; on a user's etcd they are the lab's (`up` refuses
+# an etcd holding another cluster's).
+LAB_OBJECT_PREFIXES = (PODS, SERVICES, ENDPOINTSLICES, NODES)
+
+
+def lab_key_prefixes(record: dict) -> list[str]:
+    """The keys `down` removes from a user's etcd (as prefixes; leases and the config are exact keys)."""
+    from cni.overlay.lease import subnet_key
+
+    plan = plan_from_record(record)
+    keys = [*LAB_OBJECT_PREFIXES, object_key("Lab", None, plan.lab.name)]
+    keys += [subnet_key(n.pod_cidr) for n in plan.nodes]
+    if not (record.get("store") or {}).get("keepConfig"):
+        keys.append(FLANNEL_CONFIG)
+    return keys
+
+
+def remove_lab_keys(record: dict) -> int:
+    """A user's etcd as it was before the lab: the lab's objects, its nodes' leases and the config it wrote.
+
+    The lab's Kubernetes objects (/registry/...) are all its own. Under
+    flannel's /coreos.com/network/, shared by every flanneld on the etcd,
+    only the leases the lab's nodes hold (subnet and PublicIP both theirs)
+    go, and the network config only if the lab wrote it.
+    """
+    from cni.overlay.lease import Lease
+
+    plan = plan_from_record(record)
+    ours = {n.pod_cidr: str(n.ip) for n in plan.nodes}
+    count = 0
+    with open_store(record["store"]["url"]) as st:
+        for kv in st.list(FLANNEL_SUBNETS)[0]:
+            lease = Lease.from_store(kv.key, kv.value)
+            if lease is not None and ours.get(lease.subnet) == str(lease.public_ip):
+                count += st.delete(kv.key)
+        for prefix in LAB_OBJECT_PREFIXES:
+            count += st.delete_prefix(prefix)
+        count += st.delete(object_key("Lab", None, plan.lab.name))
+        if not record["store"].get("keepConfig"):
+            count += st.delete(FLANNEL_CONFIG)
+    return count
 
 
 def down(lab_name: str | None) -> tuple[str, list[str]]:
+    """Remove the lab; a user's etcd that did not answer keeps the lab's keys (NetlabError after the rest is gone)."""
     require_root()
     lab = resolve_lab(lab_name)
     with lab_lock(lab):
-        removed = teardown(lab)
+        removed, kept = _teardown(lab)
     with contextlib.suppress(OSError):
         os.rmdir(names.RUN_DIR)
+    if kept:
+        raise NetlabError(f"lab {lab} is down (removed {', '.join(removed)}), but not {kept}")
     return lab, removed
 
 
@@ -721,13 +926,9 @@ def status(lab_name: str | None) -> dict[str, Any]:
     if record is None:
         raise NetlabError(f"lab {lab!r} has no state (an interrupted up?): run `netlab down {lab}`")
     plan = plan_from_record(record)
-    store = store_for(lab)
+    store = open_store(store_url(record, lab))
     try:
-        nodes = [
-            {"name": n.name, "netns": n.netns, "ip": str(n.ip), "podCIDR": str(n.pod_cidr),
-             "ready": netns.exists(n.netns)}
-            for n in plan.nodes
-        ]
+        nodes = node_status(plan, store)
         pods = []
         for kv in store.list(PODS)[0]:
             p = kv.value
@@ -767,6 +968,7 @@ def status(lab_name: str | None) -> dict[str, Any]:
             "netns": plan.netns,
             "proxyMode": plan.lab.proxy_mode,
             "backend": plan.lab.pod_network.backend.type,
+            "store": store_status(plan),
             "nodes": nodes,
             "pods": sorted(pods, key=lambda p: (p["namespace"], p["name"])),
             "services": sorted(services, key=lambda s: (s["namespace"], s["name"])),
@@ -774,6 +976,42 @@ def status(lab_name: str | None) -> dict[str, Any]:
         }
     finally:
         store.close()
+
+
+NODE_AGENTS = ("flanneld", "kube-proxy")
+
+
+def node_status(plan: LabPlan, store: Store) -> list[dict[str, Any]]:
+    """Each node as `status` shows it: ready when its namespace is there, its agents run and it holds its lease.
+
+    The lease is the one flanneld takes: the node's podCIDR with the node's
+    address as PublicIP (a Ready node on a flannel cluster has both).
+    """
+    from cni.overlay.lease import parse_leases
+
+    leases = parse_leases([(kv.key, kv.value) for kv in store.list(FLANNEL_SUBNETS)[0]])
+    out = []
+    for n in plan.nodes:
+        lease = leases.get(n.pod_cidr)
+        ready = (netns.exists(n.netns) and all(daemons.alive(plan.lab.name, f"{d}-{n.name}") for d in NODE_AGENTS)
+                 and lease is not None and str(lease.public_ip) == str(n.ip))
+        out.append({"name": n.name, "netns": n.netns, "ip": str(n.ip), "podCIDR": str(n.pod_cidr),
+                    "ready": ready, "labels": dict(n.labels)})
+    return out
+
+
+def store_status(plan: LabPlan) -> dict[str, Any]:
+    """The store: embedded, or etcd (`managed`: netlab runs it; endpoints as a client reaches them)."""
+    spec = plan.lab.store
+    if spec.type == "embedded":
+        return {"type": "embedded", "path": names.store_path(plan.lab.name)}
+    if spec.owned:
+        return {"type": "etcd", "managed": True, "endpoints": [f"http://{plan.gateway}:{ETCD_CLIENT_PORT}"],
+                "netns": plan.netns}
+    out = {"type": "etcd", "managed": False, "endpoints": [f"http://{e}" for e in spec.endpoints]}
+    if spec.netns:
+        out["netns"] = spec.netns
+    return out
 
 
 def target_netns(lab_name: str | None, target: str) -> str:

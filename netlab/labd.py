@@ -13,10 +13,55 @@ import asyncio
 import logging
 import signal
 import threading
+import time
+from typing import Any
 
 from netlab import names
+from netlab.errors import NetlabError
 from netlab.kubelet import Kubelet
-from netlab.store import open_store
+from netlab.store import Event, open_store
+
+log = logging.getLogger("netlab.labd")
+
+# How often a store outage is logged while it lasts.
+OUTAGE_LOG_PERIOD = 5.0
+
+
+class PatientWatch:
+    """The kubelet's store, whose watch waits out a store outage (etcd restarting) instead of ending the kubelet.
+
+    While the store does not answer, a watch sees no events; the kubelet's
+    next sync fails, is logged and retried, as a kubelet keeps its pods
+    running while the API server is away. Everything else is the store's.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._logged = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def events_since(self, prefix: str, revision: int) -> tuple[list[Event], int]:
+        try:
+            return self._store.events_since(prefix, revision)
+        except (NetlabError, OSError) as e:
+            if time.monotonic() - self._logged > OUTAGE_LOG_PERIOD:
+                log.warning("store unavailable, waiting: %s", e)
+                self._logged = time.monotonic()
+            return [], revision
+
+
+def _supervise(target, args: tuple, stop: threading.Event, what: str) -> None:
+    """Run `target(*args)` until `stop`; start it again if it ends or fails (a store outage ends a loop)."""
+    while not stop.is_set():
+        try:
+            target(*args)
+        except Exception:  # noqa: BLE001 - logged, and run again
+            log.exception("%s failed", what)
+        if not stop.is_set():
+            log.warning("%s ended; starting it again", what)
+            stop.wait(1.0)
 
 
 def _controllers(store_url: str, lab: str, stop: threading.Event) -> list[threading.Thread]:
@@ -26,7 +71,8 @@ def _controllers(store_url: str, lab: str, stop: threading.Event) -> list[thread
         from netlab.controllers import run_controllers  # the service proxy's controllers
     except ImportError:
         return threads
-    t = threading.Thread(target=run_controllers, args=(store_url, lab, stop), name="controllers", daemon=True)
+    t = threading.Thread(target=_supervise, args=(run_controllers, (store_url, lab, stop), stop, "controllers"),
+                         name="controllers", daemon=True)
     t.start()
     threads.append(t)
     return threads
@@ -43,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     _controllers(url, args.lab, stop)
 
     async def run() -> None:
-        kubelet = Kubelet(args.lab, open_store(url))
+        kubelet = Kubelet(args.lab, PatientWatch(open_store(url)))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, kubelet.stop_event.set)

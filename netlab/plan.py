@@ -23,7 +23,7 @@ from typing import Any
 
 from netlab import names
 from netlab.errors import NetlabError
-from netlab.spec.lab import NODE_HOST_OFFSET, LabSpec
+from netlab.spec.lab import ETCD_CLIENT_PORT, NODE_HOST_OFFSET, LabSpec
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,16 @@ class LabPlan:
     def slots(self) -> dict[str, int]:
         return {n.name: n.slot for n in self.nodes}
 
+    @property
+    def store_url(self) -> str:
+        """The store as netlab's own commands reach it, from the namespace they run in."""
+        return store_urls(self)[0]
+
+    @property
+    def daemon_store_url(self) -> str:
+        """The store as the lab's daemons reach it from the lab's and the nodes' namespaces."""
+        return store_urls(self)[1]
+
     def node(self, name: str) -> NodePlan:
         for n in self.nodes:
             if n.name == name:
@@ -98,6 +108,31 @@ class LabPlan:
                 ]
             },
         }
+
+
+# The host's network namespace (PID 1's): where a user-run etcd's endpoints are reached from by default.
+HOST_NETNS = "/proc/1/ns/net"
+
+
+def store_urls(plan: LabPlan) -> tuple[str, str]:
+    """(for netlab's commands, for the lab's daemons): the lab's store URLs (see netlab.store.open_store).
+
+    - embedded: the SQLite file in the state dir, for everyone;
+    - netlab's own etcd: it listens on the lab namespace's loopback and on
+      the underlay's gateway (.1), as a control-plane etcd on the node
+      network; the daemons reach it over the underlay as flanneld's
+      --etcd-endpoints would, netlab's commands through the lab namespace;
+    - a user's etcd: its endpoints, reached from `store.netns` or the host's namespace.
+    """
+    store = plan.lab.store
+    if store.type == "embedded":
+        url = f"sqlite://{names.store_path(plan.lab.name)}"
+        return url, url
+    if store.owned:
+        daemons = f"etcd://{plan.gateway}:{ETCD_CLIENT_PORT}"
+        return f"{daemons}?netns={plan.netns}", daemons
+    url = f"etcd://{','.join(store.endpoints)}?netns={store.netns or HOST_NETNS}"
+    return url, url
 
 
 def node_ip(lab: LabSpec, slot: int) -> ipaddress.IPv4Address:

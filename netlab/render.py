@@ -7,16 +7,24 @@ from typing import Any
 _PHASE_STYLE = {"Running": "green", "Pending": "yellow", "Failed": "red", "Succeeded": "blue"}
 
 
+def labels(items: dict[str, str]) -> str:
+    """k=v,k2=v2 as kubectl's --show-labels prints them; '-' for none."""
+    return ",".join(f"{k}={v}" for k, v in sorted(items.items())) or "-"
+
+
 def status_tables(st: dict[str, Any], wide: bool = False) -> list:
     from rich.table import Table
 
-    title = f"lab {st['lab']}  (backend {st['backend']}, proxy {st['proxyMode']})"
+    store = st.get("store", {}).get("type", "embedded")
+    title = f"lab {st['lab']}  (backend {st['backend']}, proxy {st['proxyMode']}, store {store})"
     nodes = Table(title=title, title_justify="left")
-    for col in ("NODE", "IP", "POD CIDR", "PODS") + (("NETNS",) if wide else ()):
+    for col in ("NODE", "READY", "IP", "POD CIDR", "PODS", "LABELS") + (("NETNS",) if wide else ()):
         nodes.add_column(col)
     for n in st["nodes"]:
         count = sum(1 for p in st["pods"] if p["node"] == n["name"])
-        nodes.add_row(n["name"], n["ip"], n["podCIDR"], str(count), *((n["netns"],) if wide else ()))
+        ready = "[green]yes[/]" if n.get("ready") else "[red]no[/]"
+        nodes.add_row(n["name"], ready, n["ip"], n["podCIDR"], str(count), labels(n.get("labels", {})),
+                      *((n["netns"],) if wide else ()))
     pods = Table(title_justify="left")
     cols = ["NAMESPACE", "POD", "NODE", "IP", "PHASE", "RESTARTS"] + (["LABELS", "NETNS"] if wide else [])
     for col in cols:
@@ -25,7 +33,7 @@ def status_tables(st: dict[str, Any], wide: bool = False) -> list:
         phase = f"[{_PHASE_STYLE.get(p['phase'], 'white')}]{p['phase']}[/]"
         row = [p["namespace"], p["name"], p["node"], p["ip"] or "-", phase, str(p.get("restarts", 0))]
         if wide:
-            row += [",".join(f"{k}={v}" for k, v in sorted(p.get("labels", {}).items())) or "-", p["netns"]]
+            row += [labels(p.get("labels", {})), p["netns"]]
         pods.add_row(*row)
     out = [nodes, pods]
     if st["services"]:

@@ -52,6 +52,40 @@ class ClientSpec:
     name: str
 
 
+STORE_TYPES = ("embedded", "etcd")
+ETCD_CLIENT_PORT = 2379  # etcd's client port, as the IANA assigned it
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Where the lab's cluster state lives (spec.store).
+
+    ``embedded`` (the default): SQLite in the lab's state dir. ``etcd``
+    without endpoints: netlab runs a real etcd (Debian's etcd-server) in
+    the lab's namespace, its data in the state dir, and `down` removes it.
+    ``etcd`` with endpoints: an etcd the user runs, reached from the host's
+    network namespace, or from namespace `netns` when given.
+    """
+
+    type: str = "embedded"
+    endpoints: tuple[str, ...] = ()  # host:port each; empty: netlab's own etcd
+    netns: str | None = None  # where the endpoints are reached from (a name under /run/netns)
+    where: str = ""  # file:line of spec.store, for errors found later (etcd not installed, unreachable)
+
+    @property
+    def owned(self) -> bool:
+        """netlab starts (and `down` removes) this etcd."""
+        return self.type == "etcd" and not self.endpoints
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.endpoints:
+            out["endpoints"] = [f"http://{e}" for e in self.endpoints]
+        if self.netns:
+            out["netns"] = self.netns
+        return out
+
+
 @dataclass(frozen=True)
 class LabSpec:
     name: str
@@ -68,6 +102,7 @@ class LabSpec:
     ip_masq: bool = True  # flanneld --ip-masq, as the kube-flannel manifest runs it
     iptables_backend: str = "nft"  # kube-proxy's and flanneld's iptables binaries (nft or legacy)
     ipvs_scheduler: str | None = None  # kube-proxy --ipvs-scheduler (proxyMode ipvs only); None: its default
+    store: StoreSpec = field(default_factory=StoreSpec)
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical form, recorded in the state dir and compared by a second `up`."""
@@ -87,6 +122,8 @@ class LabSpec:
         }
         if self.ipvs_scheduler is not None:
             out["ipvsScheduler"] = self.ipvs_scheduler
+        if self.store.type != "embedded":  # a lab recorded before spec.store reads the same
+            out["store"] = self.store.to_dict()
         return out
 
 
@@ -235,8 +272,10 @@ _LAB_SPEC = {
     "ipMasq",
     "iptablesBackend",
     "ipvsScheduler",
+    "store",
 }
 _NODE = {"name", "labels"}
+_STORE = {"type", "endpoints", "netns"}
 _CLIENT = {"name"}
 
 DEFAULTS = {
@@ -308,6 +347,7 @@ def parse_lab(doc: Document) -> LabSpec:
         c.fail(("spec", "proxyMode"), f"unknown proxy mode {proxy_mode!r}", f"use one of: {', '.join(PROXY_MODES)}")
 
     iptables_backend, ipvs_scheduler = _proxy_options(c, spec, proxy_mode)
+    store = _store(c, spec.get("store"))
     ip_masq = spec.get("ipMasq", DEFAULTS["ipMasq"])
     if not isinstance(ip_masq, bool):
         c.fail(("spec", "ipMasq"), f"must be true or false, not {ip_masq!r}",
@@ -410,7 +450,84 @@ def parse_lab(doc: Document) -> LabSpec:
         ip_masq=ip_masq,
         iptables_backend=iptables_backend,
         ipvs_scheduler=ipvs_scheduler,
+        store=store,
     )
+
+
+_HOST = re.compile(r"^(?:\d{1,3}(?:\.\d{1,3}){3}|[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*)$")
+
+
+def _store(c: _Checker, raw: Any) -> StoreSpec:
+    """spec.store: {type: embedded} (default), {type: etcd}, or {type: etcd, endpoints: [...], netns: NAME}."""
+    p: Path = ("spec", "store")
+    where = c.doc.where(p)
+    if raw is None:
+        return StoreSpec(where=where)
+    if isinstance(raw, str) and raw in STORE_TYPES:
+        c.fail(p, f"must be a mapping, not the string {raw!r}", f"write store: {{type: {raw}}}")
+        return StoreSpec(where=where)
+    m = c.mapping(p, raw, _STORE, "the store")
+    kind = m.get("type", "embedded")
+    if kind not in STORE_TYPES:
+        near = _closest(str(kind), set(STORE_TYPES))
+        c.fail(p + ("type",), f"unknown store type {kind!r}",
+               (f"did you mean {near!r}? " if near else "") + "use embedded (SQLite in the state dir) or etcd")
+        kind = "embedded"
+    endpoints: list[str] = []
+    raw_eps = m.get("endpoints")
+    if raw_eps is not None:
+        if kind != "etcd":
+            c.fail(p + ("endpoints",), "endpoints are for an etcd store", "add type: etcd, or remove endpoints")
+        elif isinstance(raw_eps, str) or not isinstance(raw_eps, list) or not raw_eps:
+            c.fail(p + ("endpoints",), f"must be a non-empty list of etcd client URLs, not {raw_eps!r}",
+                   "write endpoints: [http://192.0.2.10:2379], or leave them out for an etcd netlab runs")
+        else:
+            for i, ep in enumerate(raw_eps):
+                hostport = _endpoint(c, p + ("endpoints", i), ep)
+                if hostport in endpoints:
+                    c.fail(p + ("endpoints", i), f"endpoint {ep!r} is listed twice", "list each etcd member once")
+                elif hostport:
+                    endpoints.append(hostport)
+    ns = m.get("netns")
+    if ns is not None:
+        if raw_eps is None:
+            c.fail(p + ("netns",), "netns says where a user-run etcd's endpoints are reached from",
+                   "give endpoints with it, or remove it (netlab's own etcd runs in the lab's namespace)")
+        elif not isinstance(ns, str) or not ns or "/" in ns or ns in (".", ".."):
+            c.fail(p + ("netns",), f"{ns!r} is not a network namespace name",
+                   "name one under /run/netns, as `ip netns list` shows them")
+            ns = None
+    return StoreSpec(kind, tuple(endpoints), ns if endpoints else None, where)
+
+
+def _endpoint(c: _Checker, path: Path, value: Any) -> str | None:
+    """An etcd client URL (http://host:port, as etcdctl --endpoints takes it) as host:port."""
+    if not isinstance(value, str) or not value:
+        c.fail(path, f"must be an etcd client URL like http://192.0.2.10:2379, not {value!r}")
+        return None
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        scheme, rest = "http", value
+    if scheme == "https":
+        c.fail(path, f"{value!r}: TLS endpoints are not supported", "serve etcd's client URL over http on the lab's network")
+        return None
+    if scheme != "http":
+        c.fail(path, f"{value!r}: unknown scheme {scheme!r}", "write http://HOST:PORT")
+        return None
+    rest = rest.rstrip("/")
+    host, colon, port = rest.rpartition(":")
+    if not colon:
+        host, port = rest, str(ETCD_CLIENT_PORT)
+    if not _HOST.match(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        c.fail(path, f"{value!r} is not an etcd client URL", "write http://HOST:PORT, e.g. http://192.0.2.10:2379")
+        return None
+    if host[0].isdigit() and host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            c.fail(path, f"{value!r}: {host} is not an IPv4 address", "write http://HOST:PORT")
+            return None
+    return f"{host}:{int(port)}"
 
 
 def _pod_network(c: _Checker, raw: Any) -> NetConf | None:

@@ -75,7 +75,7 @@ def test_node_joins_and_leaves_a_running_lab_within_a_second(labs, backend):
     nodes = by_name(st["nodes"])
     assert list(nodes) == ["node1", "node2", "node3"]
     assert nodes["node3"] == {"name": "node3", "netns": f"netlab.{name}.node3", "ip": "192.168.56.13",
-                              "podCIDR": "10.244.3.0/24", "ready": True}
+                              "podCIDR": "10.244.3.0/24", "ready": True, "labels": {"zone": "c"}}
     # Every other node routes to the new node within 1 s of it being ready.
     deadline = res.ready_at + 1.0
     for peer in ("node1", "node2"):
@@ -173,6 +173,13 @@ def test_node_cli_validates_first_and_is_idempotent(labs):
     assert out.returncode == 0 and out.stdout.startswith(f"node node2 removed from lab {name} (192.168.56.12"), out.stderr
     out = run_cli("node", "remove", "-l", name, "node1")
     assert out.returncode == 1 and "node node1 is the last node" in out.stderr
+    # The underlay gateway kept its own MAC while ports came and went (a bridge takes its ports' lowest
+    # MAC otherwise, and the nodes' ARP entry for .1, their default route and etcd, would go stale).
+    from netlab.fabric import bridge_mac
+
+    with netns.iproute(names.lab_netns(name)) as ipr:
+        br = ipr.get_links(ipr.link_lookup(ifname="underlay")[0])[0]
+    assert br.get_attr("IFLA_ADDRESS") == bridge_mac(name)
     after = sorted(n for n in netns.list_names() if names.lab_of_netns(n) == name)
     assert after == before
 
@@ -188,7 +195,7 @@ def test_nodes_through_apply_and_delete_and_up_keeps_them(labs):
     out = run_cli("apply", "-l", name, "-f", bad)
     assert out.returncode == 2, out.stderr
     assert f"{bad}:4: spec.podCIDR: spec.podCIDR cannot be set here" in out.stderr
-    assert f"pod default/d is on node 'node5', which the lab does not have" in out.stderr
+    assert "pod default/d is on node 'node5', which the lab does not have" in out.stderr
     assert not netns.exists(f"netlab.{name}.node4")
     out = run_cli("apply", "-l", name, "-f", node3)
     assert out.returncode == 0, out.stderr

@@ -3,6 +3,7 @@ the shared store contract (tests/store_contract.py) plus etcd's own leases and c
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -15,19 +16,26 @@ from tests.store_contract import *  # noqa: F403  (the contract's tests, collect
 from tests.store_contract import check_watch_sees_writes_from
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    name = unique("nltest-ovl-")
+@contextlib.contextmanager
+def running_etcd(prefix: str, data_dir: str, port: int = 2379):
+    """Debian's etcd on the loopback of a namespace of its own, marked as that namespace's; all gone after."""
+    name = unique(prefix)
     netns.create(name)
     srv = None
     try:
-        srv = EtcdServer.start(name, str(tmp_path_factory.mktemp("etcd")), env={"NETLAB_LAB": name})
+        srv = EtcdServer.start(name, data_dir, port=port, env={"NETLAB_LAB": name})
         yield srv
     finally:
         if srv is not None:
             srv.stop()
         netns.remove(name)
         assert not lab_leaks(name) and not netns.exists(name)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_etcd("nltest-ovl-", str(tmp_path_factory.mktemp("etcd"))) as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -79,3 +87,58 @@ def test_compaction_is_reported(store, server):
     with pytest.raises(Compacted):
         fresh.events_since("/c", start)
     fresh.close()
+
+
+def test_events_come_from_etcds_watch_without_a_round_trip(store, server):
+    """A poller costs etcd nothing while nothing changes: events_since answers from the client's watch stream."""
+    calls = []
+    real = store._call
+    store._call = lambda path, body: calls.append(path) or real(path, body)
+    before = store.revision()
+    store.put("/p/a", 1)
+    events, rev = store.events_since("/p/", store.revision())  # starts the watch
+    other = EtcdStore(server.url)
+    try:
+        other.put("/p/b", {"v": 2})
+        other.put("/q/x", 1)  # another prefix: seen by the watch, not returned
+        other.delete("/p/a")
+        calls.clear()
+        events, rev2 = store.events_since("/p/", rev)
+        while rev2 < other.revision():  # the stream delivers within milliseconds
+            more, rev2 = store.events_since("/p/", rev2)
+            events += more
+        assert [(e.type, e.key, e.value) for e in events] == [("PUT", "/p/b", {"v": 2}), ("DELETE", "/p/a", 1)]
+        for _ in range(50):
+            assert store.events_since("/p/", rev2) == ([], rev2)
+        assert calls == []  # not one request to etcd for any of it
+        # A caller that is behind the watch's start is answered from etcd itself (range reads).
+        old, _ = store.events_since("/p/", before)
+        assert "/v3/kv/range" in calls and {e.key for e in old} == {"/p/b"}
+    finally:
+        other.close()
+        store._call = real
+
+
+def test_the_watch_comes_back_after_etcd_restarts(tmp_path):
+    with running_etcd("nltest-ovl-", str(tmp_path / "etcd"), port=23791) as srv:
+        store = EtcdStore(srv.url)
+        store.put("/r/a", 1)
+        _, rev = store.events_since("/r/", store.revision())
+        srv.proc.terminate()
+        srv.proc.wait(10)
+        from netlab.store_etcd import etcd_argv, wait_ready
+
+        argv = etcd_argv(srv.proc.args[0], srv.data_dir, ["127.0.0.1"], 23791)
+        with open(tmp_path / "etcd2.log", "ab") as log:
+            srv.proc = netns.popen_in(srv.netns_name, argv, env={"NETLAB_LAB": srv.netns_name}, stdout=log, stderr=log)
+        wait_ready(srv.url, 20, srv.proc.poll, lambda: "")
+        store.put("/r/b", 2)
+        deadline = time.monotonic() + 10
+        seen = []
+        while not seen:
+            assert time.monotonic() < deadline, "the watch never came back"
+            seen, rev = store.events_since("/r/", rev)
+            time.sleep(0.05)
+        assert [(e.type, e.key, e.value) for e in seen] == [("PUT", "/r/b", 2)]
+        store.close()
+        assert store._watch is None
