@@ -1,5 +1,6 @@
 """Fork-free namespace handling against the real kernel."""
 
+import os
 import socket
 import subprocess
 
@@ -37,3 +38,34 @@ def test_iproute_and_sysctl_act_inside_only():
         assert len(p.stdout.splitlines()) == 1 and ": lo:" in p.stdout
     finally:
         netns.remove(name)
+
+
+def test_mount_points_are_links_to_one_inode_and_iproute2_handles_them():
+    tag = unique("nlC-ns")
+    names = [f"{tag}-{i}" for i in range(5)]
+    try:
+        for n in names:
+            assert netns.create(n, lo_up=True) is True
+        # Each name is its own namespace (the mount is on the name) ...
+        assert len({netns.inode(n) for n in names}) == 5
+        # ... over one shared file: no inode allocated (nor freed) per namespace.
+        under = {e.inode() for e in os.scandir(netns.NETNS_DIR) if e.name.startswith(tag)}
+        assert len(under) == 1
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert all(n in listed for n in names)
+        out = subprocess.run(["ip", "netns", "exec", names[2], "ip", "-o", "link", "show", "lo"],
+                             capture_output=True, text=True, check=True).stdout
+        assert "UP" in out  # lo_up
+        subprocess.run(["ip", "netns", "del", names[0]], check=True)  # iproute2 removes one name only
+        assert not netns.exists(names[0]) and all(netns.exists(n) for n in names[1:])
+        assert netns.create(names[0]) is True
+    finally:
+        for n in names:
+            netns.remove(n)
+    assert not any(e.name.startswith(tag) for e in os.scandir(netns.NETNS_DIR))
+    # With every name gone the shared file is gone too; the next namespace starts a new one.
+    again = f"{tag}-again"
+    try:
+        assert netns.create(again) is True and netns.exists(again)
+    finally:
+        netns.remove(again)
