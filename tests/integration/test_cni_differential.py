@@ -91,7 +91,37 @@ def norm(text: str, node: str, pod: str) -> str:
     return text
 
 
+def sync_link_states(ns: str) -> None:
+    """Apply the kernel's pending link-state events in `ns` before they are read.
+
+    Carrier and operstate reach `ip link` through linkwatch, asynchronously:
+    a bridge's own carrier event may wait up to a second. ETHTOOL_GLINK
+    runs a device's pending event at once (linkwatch_sync_dev), so each
+    side's snapshot shows the state its plugin left, not how far the
+    kernel's worker got. Ports first, then the bridges their events touched.
+    """
+    import array
+    import fcntl
+    import socket
+    import struct
+
+    names = [l["ifname"] for l in json.loads(sh(ns, "ip", "-j", "link", "show"))]
+    s = netns.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(2):
+            for name in names:
+                value = array.array("I", [0x0000000A, 0])  # struct ethtool_value {ETHTOOL_GLINK, data}
+                ifreq = struct.pack("16sP", name.encode(), value.buffer_info()[0])
+                try:
+                    fcntl.ioctl(s, 0x8946, ifreq)  # SIOCETHTOOL
+                except OSError:
+                    pass  # no ethtool ops (lo): nothing pending there
+    finally:
+        s.close()
+
+
 def links(ns: str) -> list[dict]:
+    sync_link_states(ns)
     out = []
     for l in json.loads(sh(ns, "ip", "-d", "-j", "link", "show")):
         keep = {k: l.get(k) for k in ("ifname", "flags", "mtu", "operstate", "link_type", "master", "promiscuity")}
