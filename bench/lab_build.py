@@ -3,9 +3,9 @@
     sudo .venv/bin/python bench/lab_build.py [--nodes 10] [--pods 100] [--runs 1] [--skip-mininet] [--prefix bench]
 
 netlab: `up` of NODES x PODS pods with built-in servers, then `down`, RUNS
-times; reports pods/s, where the build's time went (spec and fabric with
-the node daemons, then the kubelet's pods), teardown time and the memory
-(PSS) of all the lab's processes. Mininet: the same number of hosts on
+times; reports pods/s, where the build's time went (spec, fabric and the
+node daemons; the kubelet's pods; the wait for every node's overlay),
+teardown time and the memory (PSS) of all the lab's processes. Mininet: the same number of hosts on
 NODES LinuxBridge switches, no controller, cleanup=False, inside a
 namespace of the benchmark's own (so its links never touch the host's root
 namespace; never `mn -c`). Targets on a 2-core machine: >= 200 pods/s, 5x
@@ -112,9 +112,10 @@ def bench_netlab(nodes: int, pods: int, prefix: str) -> dict:
     finally:
         lab.teardown(name)
         os.unlink(path)
-    before = marks.get("pods_from", t0 + up_s) - t0
-    return {"pods": res.pods, "up_s": up_s, "down_s": down_s, "pss_mib": mem, "before_pods_s": before,
-            "pods_s": up_s - before, "cpu_up_s": (cpu1[0] + cpu1[1]) - (cpu0[0] + cpu0[1]), "cpu_lab_s": cpu_lab}
+    start, end = marks.get("pods_from", t0 + up_s) - t0, marks.get("pods_to", t0 + up_s) - t0
+    return {"pods": res.pods, "up_s": up_s, "down_s": down_s, "pss_mib": mem, "before_pods_s": start,
+            "pods_s": end - start, "after_pods_s": up_s - end,
+            "cpu_up_s": (cpu1[0] + cpu1[1]) - (cpu0[0] + cpu0[1]), "cpu_lab_s": cpu_lab}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -159,8 +160,9 @@ def main() -> None:
         rate = total / nl["up_s"]
         rates.append(rate)
         print(f"{'netlab':10} {total:>6} {nl['up_s']:>8.2f} {rate:>8.1f} {nl['down_s']:>10.2f} {at:>5}   "
-              f"spec+fabric+daemons {nl['before_pods_s']:.2f} s, then pods {nl['pods_s']:.2f} s "
-              f"({total / nl['pods_s']:.0f} pods/s); CPU: up {nl['cpu_up_s']:.1f} s, lab processes "
+              f"spec+fabric+daemons {nl['before_pods_s']:.2f} s, pods {nl['pods_s']:.2f} s "
+              f"({total / max(nl['pods_s'], 1e-3):.0f} pods/s), nodes ready {nl['after_pods_s']:.2f} s; "
+              f"CPU: up {nl['cpu_up_s']:.1f} s, lab processes "
               f"{nl['cpu_lab_s']:.1f} s; PSS of all lab processes {nl['pss_mib']:.0f} MiB; settled {waited:.1f} s",
               flush=True)
     if not args.skip_mininet:
