@@ -91,6 +91,20 @@ def _lo_up() -> None:
 
 # The inode every mount point of this process is a hard link to (an fd that pins it), see _mount_point.
 _mount_inode: list[int] = []
+_mount_lock = __import__("_thread").allocate_lock()  # an fd is closed only while no thread links from it
+
+
+def link_fd(fd: int, p: str) -> bool:
+    """A new name `p` for the file open as `fd` (linkat of its /proc link); False if it has no name left.
+
+    FileExistsError when `p` exists.
+    """
+    if _libc.linkat(_AT_FDCWD, f"/proc/self/fd/{fd}".encode(), _AT_FDCWD, p.encode(), _AT_SYMLINK_FOLLOW) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError(err, os.strerror(err), p)
+    return False  # ENOENT: the last name is gone; anything else: the caller makes a new file
 
 
 def _mount_point(p: str) -> None:
@@ -103,23 +117,12 @@ def _mount_point(p: str) -> None:
     the last minutes (each lab's teardown frees thousands), 0.5-2 ms per
     file on the shared machines; a link costs 20 us and frees nothing.
     """
-    if _mount_inode:
-        fd = _mount_inode[0]
-        # linkat(2) with AT_SYMLINK_FOLLOW on the fd's /proc link: a new name for the inode the fd holds.
-        if _libc.linkat(_AT_FDCWD, f"/proc/self/fd/{fd}".encode(), _AT_FDCWD, p.encode(), _AT_SYMLINK_FOLLOW) == 0:
-            return
-        err = ctypes.get_errno()
-        if err == errno.EEXIST:
-            raise FileExistsError(err, os.strerror(err), p)
-        # ENOENT: its last name is gone (the namespaces were all removed); anything else: make a new one.
-        with contextlib.suppress(ValueError, IndexError):
-            _mount_inode.remove(fd)
-            os.close(fd)
-    fd = os.open(p, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-    if _mount_inode:
-        os.close(fd)  # another thread made one meanwhile
-    else:
-        _mount_inode.append(fd)
+    with _mount_lock:
+        if _mount_inode:
+            if link_fd(_mount_inode[0], p):
+                return
+            os.close(_mount_inode.pop())  # its last name is gone (every namespace removed): start a new one
+        _mount_inode.append(os.open(p, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
 
 
 def create(name: str, *, lo_up: bool = False) -> bool:

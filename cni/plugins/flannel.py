@@ -101,14 +101,60 @@ def _scratch(conf: dict, container_id: str) -> str:
     return os.path.join(_str_opt(conf, "dataDir", DEFAULT_DATA_DIR), container_id)
 
 
+# Per data dir, the scratch bytes this process wrote last and a read-only fd on that file,
+# with its mtime: data dir -> (bytes, fd, mtime_ns). See _save_scratch.
+_shared: dict[str, tuple[bytes, int, int]] = {}
+_shared_lock = __import__("_thread").allocate_lock()
+
+
+def _save_scratch(path: str, data: bytes) -> None:
+    """dataDir/<containerID> := data (mode 0600), as the reference's saveScratchNetConf.
+
+    The pods of a node save the same bytes (the delegate config). When this
+    process wrote these bytes in this dir before, the new file is another
+    name for that inode (a hard link), not a new inode: on the shared
+    machines' disk /run, a new inode is what a file costs (see
+    netlab.netns._mount_point). Nothing is ever written through a name: an
+    existing file is replaced, not truncated, and the inode is shared only
+    while its size and mtime say nobody wrote into it since.
+    """
+    from netlab.netns import link_fd
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a repeated ADD: replace the file, never write into one that may be shared
+    d = os.path.dirname(path)
+    with _shared_lock:
+        hit = _shared.get(d)
+        if hit is not None and hit[0] == data:
+            try:
+                st = os.fstat(hit[1])
+                if st.st_nlink and st.st_size == len(data) and st.st_mtime_ns == hit[2] and link_fd(hit[1], path):
+                    return
+            except OSError:
+                pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        keep = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if hit is not None:
+            os.close(hit[1])
+        elif len(_shared) >= 64:  # many data dirs over a long life (tests): let the others go
+            for _data, other, _m in _shared.values():
+                os.close(other)
+            _shared.clear()
+        _shared[d] = (data, keep, os.fstat(keep).st_mtime_ns)
+
+
 def add(conf: dict, args: skel.Args) -> dict:
     env = load_env(_str_opt(conf, "subnetFile", DEFAULT_SUBNET_FILE))
     d = build_delegate(conf, env)
     path = _scratch(conf, args.container_id)
     os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(d, f)
+    _save_scratch(path, json.dumps(d).encode())
     try:
         result = invoke.delegate("ADD", d, args)
     except BaseException:
