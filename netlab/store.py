@@ -190,6 +190,8 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._lock = threading.Lock()
         db = self._db()
+        if self._ready(db):
+            return  # every process after the first opens it without taking the write lock
         with db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(
@@ -205,6 +207,19 @@ class SqliteStore(Store):
             db.execute("CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires_at) WHERE expires_at IS NOT NULL")
             db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
             db.execute("INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0)")
+
+    @staticmethod
+    def _ready(db: sqlite3.Connection) -> bool:
+        """The file already has its schema, both meta rows and WAL mode (read-only checks)."""
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                return False
+            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE name IN ('kv', 'events', 'meta', 'kv_expires')")}
+            if len(names) != 4:
+                return False
+            return db.execute("SELECT count(*) FROM meta WHERE name IN ('revision', 'compacted')").fetchone()[0] == 2
+        except sqlite3.Error:
+            return False
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
