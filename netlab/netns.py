@@ -48,6 +48,52 @@ def list_names() -> list[str]:
         return []
 
 
+_SELF = "/proc/thread-self/ns/net"  # this thread's namespace (the network namespace is per thread)
+_PID1 = "/proc/1/ns/net"  # the host's, where PID 1 is the host's init
+
+
+def _identity(p: str) -> tuple[int, int]:
+    """A namespace's identity: (st_dev, st_ino) of its nsfs file, as `ip netns identify` compares them.
+
+    The inode number alone is not enough: a mount point under /run/netns
+    whose mount is gone is a plain file on /run, with an inode number of
+    another file system that may equal some namespace's.
+    """
+    st = os.stat(p)
+    return st.st_dev, st.st_ino
+
+
+def current_name() -> str | None:
+    """The name under /run/netns of this thread's network namespace; None when it has none.
+
+    `ip netns identify` for the calling thread, without a fork. Positive
+    identification: a namespace netlab (or iproute2) made has a name here;
+    the host's root namespace does not.
+    """
+    mine = _identity(_SELF)
+    for name in list_names():
+        try:
+            if _identity(path(name)) == mine:
+                return name
+        except OSError:  # removed meanwhile, or a mount point we may not stat
+            continue
+    return None
+
+
+def in_root_namespace() -> bool:
+    """Whether this thread is in the host's root network namespace (PID 1's).
+
+    Where /proc/1/ns/net cannot be read (a container, a sandbox without
+    CAP_SYS_PTRACE over PID 1), "not the host's" cannot be told by comparison:
+    then only a named namespace counts as not the root one.
+    """
+    try:
+        root = _identity(_PID1)
+    except OSError:
+        return current_name() is None
+    return _identity(_SELF) == root
+
+
 def _setns(fd: int) -> None:
     if _libc.setns(fd, _CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
@@ -61,7 +107,7 @@ def entered(name: str) -> Iterator[None]:
     Only the calling thread moves; other threads and the process's
     other namespaces (mount, pid) are untouched.
     """
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    own = os.open(_SELF, os.O_RDONLY | os.O_CLOEXEC)
     try:
         target = os.open(path(name), os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -142,7 +188,7 @@ def create(name: str, *, lo_up: bool = False) -> bool:
                     _lo_up()
             return False
         # A mount point left behind by an interrupted create: finish it.
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    own = os.open(_SELF, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if _libc.unshare(_CLONE_NEWNET) != 0:
             err = ctypes.get_errno()

@@ -17,7 +17,6 @@ unless it was explicitly told the current namespace is a node's
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import resource
 import shutil
@@ -66,21 +65,6 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _root_netns_inode() -> int | None:
-    try:
-        return os.stat("/proc/1/ns/net").st_ino
-    except OSError:
-        return None
-
-
-def in_root_namespace() -> bool:
-    """Whether this thread is in PID 1's network namespace (the host's)."""
-    try:
-        return os.stat("/proc/thread-self/ns/net").st_ino == _root_netns_inode()
-    except OSError:
-        return False
-
-
 class IptablesBackend:
     """proxy.backend.Backend for iptables mode (kube-proxy --proxy-mode=iptables).
 
@@ -100,7 +84,7 @@ class IptablesBackend:
     def __init__(self, netns_name: str | None = None, variant: str = "nft", opts: Options | None = None) -> None:
         if variant not in BINARIES:
             raise ValueError(f"unknown iptables variant {variant!r}: use nft or legacy")
-        if netns_name is None and in_root_namespace():
+        if netns_name is None and netns.in_root_namespace():
             raise SyncError("refusing to program iptables in the host's root namespace; run inside a node namespace")
         self.netns = netns_name
         self.variant = variant

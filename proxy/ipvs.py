@@ -463,22 +463,14 @@ def own_netns(args) -> str:
     unreadable (containers, sandboxes) the host's namespace cannot be told
     apart that way, and it must never be programmed.
     """
-    import os
-
     from netlab import netns as _netns
     from proxy.backend import SyncError
 
-    if args.netns:
-        return args.netns
-    mine = os.stat("/proc/thread-self/ns/net").st_ino
-    for name in _netns.list_names():
-        try:
-            if _netns.inode(name) == mine:
-                return name
-        except OSError:
-            continue
-    raise SyncError("refusing to program a namespace netlab did not create (the host's?): "
-                    "run inside a node namespace or pass --netns")
+    name = args.netns or _netns.current_name()
+    if name is None:
+        raise SyncError("refusing to program a namespace netlab did not create (the host's?): "
+                        "run inside a node namespace or pass --netns")
+    return name
 
 
 def make_backend(args):

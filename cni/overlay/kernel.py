@@ -227,7 +227,7 @@ class Iptables:
     def __init__(self, namespace: str | None = None, backend: str = "auto") -> None:
         if backend not in IPTABLES_BINARIES:
             raise ValueError(f"unknown iptables backend {backend!r}: use {', '.join(IPTABLES_BINARIES)}")
-        if namespace is None and not _in_named_namespace():
+        if namespace is None and netns.current_name() is None:
             raise RuntimeError("refusing to program iptables in the host's root namespace: run inside a node namespace")
         self.namespace = namespace
         self.backend = backend
@@ -248,16 +248,3 @@ class Iptables:
     def restore(self, text: str) -> None:
         self._run([self.restore_bin, "-w", "--noflush"], stdin=text)
 
-
-def _in_named_namespace() -> bool:
-    """Whether this thread's network namespace is one bind-mounted under /run/netns."""
-    import os
-
-    mine = os.stat("/proc/thread-self/ns/net").st_ino
-    for name in netns.list_names():
-        try:
-            if netns.inode(name) == mine:
-                return True
-        except OSError:
-            continue
-    return False

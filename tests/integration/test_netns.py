@@ -4,6 +4,8 @@ import os
 import socket
 import subprocess
 
+import pytest
+
 from netlab import netns
 from tests.helpers import unique
 
@@ -69,3 +71,68 @@ def test_mount_points_are_links_to_one_inode_and_iproute2_handles_them():
         assert netns.create(again) is True and netns.exists(again)
     finally:
         netns.remove(again)
+
+
+def test_current_name_and_root_check_inside_a_created_namespace():
+    name = unique("nlpx-ns-")
+    outside = netns.current_name()
+    root_outside = netns.in_root_namespace()
+    netns.create(name)
+    try:
+        with netns.entered(name):
+            assert netns.current_name() == name
+            assert netns.in_root_namespace() is False
+        assert netns.current_name() == outside != name  # only the thread moved, and it is back
+        assert netns.in_root_namespace() is root_outside
+    finally:
+        netns.remove(name)
+
+
+def test_an_unnamed_namespace_counts_as_root_only_where_pid1s_cannot_be_read(monkeypatch):
+    """Positive identification: the fallback never takes an unknown namespace for a node's.
+
+    PID 1's namespace is unreadable in some sandboxes (this machine's among
+    them), so "readable" is played by an fd on the namespace the test started in.
+    """
+    from cni.overlay.kernel import Iptables
+    from proxy.backend import SyncError
+    from proxy.cli import parser
+    from proxy.iptables_apply import IptablesBackend
+    from proxy.ipvs import own_netns
+
+    name = unique("nlpx-ns-")
+    args = parser().parse_args(["--spec", "/nonexistent", "--mode", "nftables"])
+    start = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        monkeypatch.setattr(netns, "_PID1", f"/proc/self/fd/{start}")
+        assert netns.in_root_namespace() is True
+        netns.create(name)
+        with netns.entered(name):
+            assert own_netns(args) == name and netns.current_name() == name
+            netns.remove(name)  # the name goes, the namespace lives on while this thread is in it
+            assert netns.current_name() is None
+            assert netns.in_root_namespace() is False  # not PID 1's
+            IptablesBackend(None)  # not the root: the iptables backend may program it (nothing runs yet)
+            with pytest.raises(SyncError, match="did not create"):
+                own_netns(args)  # ipvs, nftables and userspace modes want a named one
+            with pytest.raises(RuntimeError, match="root namespace"):
+                Iptables(None)  # flanneld's role too
+            monkeypatch.setattr(netns, "_PID1", "/nonexistent/ns/net")  # PID 1's unreadable
+            assert netns.in_root_namespace() is True
+            with pytest.raises(SyncError, match="root namespace"):
+                IptablesBackend(None)
+    finally:
+        os.close(start)
+        netns.remove(name)
+    assert not netns.exists(name)
+
+
+def test_without_pid1s_namespace_a_named_one_is_still_not_the_root(monkeypatch):
+    name = unique("nlpx-ns-")
+    monkeypatch.setattr(netns, "_PID1", "/nonexistent/ns/net")
+    netns.create(name)
+    try:
+        with netns.entered(name):
+            assert netns.in_root_namespace() is False
+    finally:
+        netns.remove(name)
