@@ -7,14 +7,18 @@ ip:port, protocol, expected endpoints, masquerade yes/no), run
   least 20 connections and checks the set of endpoints reached and the
   client address each backend saw.
 
-Data only: the topology, the Service/EndpointSlice objects, and the cases.
-All flows enter the data plane at PROXY_NODE (the only node whose rules
-matter for them); endpoints live on both nodes.
+Pure: the topology, the Service/EndpointSlice objects, the cases, the
+proxy state they make and the check of a walk; the real-packet harness is
+tests/flow_lab.py. All flows enter the data plane at PROXY_NODE (the only
+node whose rules matter for them); endpoints live on both nodes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from netlab.spec.source import load_text
+from proxy.model import NodeContext, ProxyState, build_state, load_objects
 
 TCP_PORT = 8080  # what every endpoint serves, as agnhost netexec's --http-port
 UDP_PORT = 8081  # as agnhost netexec's --udp-port
@@ -178,3 +182,33 @@ FLOWS: tuple[Flow, ...] = (
     Flow("endpoint-on-another-node", "client", "10.96.0.70:80", "TCP", frozenset({B1}), False),
     Flow("clusterip-from-outside-pod-network", "ext", "10.96.0.10:80", "TCP", frozenset({A1, A2}), True),
 )
+
+
+def node_context() -> NodeContext:
+    """PROXY_NODE as its proxy sees itself (kube-proxy's --hostname-override, node IP, --cluster-cidr)."""
+    node = TOPOLOGY.node(PROXY_NODE)
+    return NodeContext(node_name=node.name, node_ips=(node.ip,), cluster_cidr=TOPOLOGY.cluster_cidr)
+
+
+def flow_state(edit=None) -> ProxyState:
+    """OBJECTS as PROXY_NODE's proxy state; `edit(services, slices)` may change the objects first."""
+    services, slices = load_objects(load_text(OBJECTS, "flows.yaml"))
+    if edit:
+        edit(services, slices)
+    return build_state(services, slices, node_context())
+
+
+def local_addresses() -> list[str]:
+    """PROXY_NODE's own addresses: what a rule walker treats as `fib daddr type local` / LOCAL."""
+    node = TOPOLOGY.node(PROXY_NODE)
+    return [node.ip, node.gateway]
+
+
+def assert_walk(outcomes, flow: Flow) -> None:
+    """A rule walker's outcomes for `flow` are the table's: verdict, endpoints, masquerade."""
+    if flow.verdict != "ACCEPT":
+        assert {o.verdict for o in outcomes} == {flow.verdict}, outcomes
+        return
+    assert {o.verdict for o in outcomes} == {"ACCEPT"}, outcomes
+    assert {o.endpoint for o in outcomes} == set(flow.endpoints), outcomes
+    assert {o.masquerade for o in outcomes} == {flow.masquerade}, outcomes

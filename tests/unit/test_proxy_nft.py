@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from netlab.spec.source import load_text
-from proxy.model import Endpoint, NodeContext, ProxyState, ServicePort, ServicePortName, build_state, load_objects
+from proxy.model import Endpoint, ProxyState, ServicePort, ServicePortName
 from proxy.nft_walker import NftWalker, parse
 from proxy.nftables import full_text, hash_and_truncate, partial_text
-from tests.packet_flows import FLOWS, OBJECTS, PROXY_NODE, TOPOLOGY, Flow
-
-
-def node_context() -> NodeContext:
-    node = TOPOLOGY.node(PROXY_NODE)
-    return NodeContext(node_name=node.name, node_ips=(node.ip,), cluster_cidr=TOPOLOGY.cluster_cidr)
-
-
-def flow_state(edit=None) -> ProxyState:
-    services, slices = load_objects(load_text(OBJECTS, "flows.yaml"))
-    if edit:
-        edit(services, slices)
-    return build_state(services, slices, node_context())
+from tests.packet_flows import FLOWS, TOPOLOGY, Flow, assert_walk, flow_state, local_addresses
 
 
 def walker_for(text: str) -> NftWalker:
-    node = TOPOLOGY.node(PROXY_NODE)
-    return NftWalker(parse(text), [node.ip, node.gateway])
+    return NftWalker(parse(text), local_addresses())
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +28,7 @@ def test_chain_names_hash_as_kube_proxys():
 
 @pytest.mark.parametrize("flow", FLOWS, ids=[f.name for f in FLOWS])
 def test_flow(walker: NftWalker, flow: Flow):
-    outcomes = walker.trace(TOPOLOGY.source_ip(flow.source), flow.dest_ip, flow.protocol, flow.dest_port)
-    if flow.verdict != "ACCEPT":
-        assert {o.verdict for o in outcomes} == {flow.verdict}, outcomes
-        return
-    assert {o.verdict for o in outcomes} == {"ACCEPT"}, outcomes
-    assert {o.endpoint for o in outcomes} == set(flow.endpoints), outcomes
-    assert {o.masquerade for o in outcomes} == {flow.masquerade}, outcomes
+    assert_walk(walker.trace(TOPOLOGY.source_ip(flow.source), flow.dest_ip, flow.protocol, flow.dest_port), flow)
 
 
 def _drop_endpoint(services, slices):
