@@ -10,7 +10,9 @@ programs Services from YAML files in whatever namespace it runs in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import ipaddress
 import logging
 import signal
 import sys
@@ -48,6 +50,31 @@ def ipvs_scheduler(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def service_cidrs(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """--service-cluster-ip-range: the cluster's Service CIDRs, as kube-apiserver's flag of that name.
+
+    One CIDR, or two of different families (dual-stack), comma-separated,
+    each a network address (no host bits). kube-proxy itself learns them
+    from the ServiceCIDR objects the API server makes from its flag
+    (OnServiceCIDRsChanged); each proxier keeps the ones of its family.
+    """
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one CIDR, or two (one IPv4, one IPv6) separated by a comma")
+    nets = []
+    for part in parts:
+        try:
+            nets.append(ipaddress.ip_network(part, strict=True))
+        except ValueError as e:
+            hint = ""
+            with contextlib.suppress(ValueError):
+                hint = f" (did you mean {ipaddress.ip_network(part, strict=False)}?)"
+            raise argparse.ArgumentTypeError(f"{part!r} is not a CIDR: {e}{hint}") from None
+    if len(nets) == 2 and nets[0].version == nets[1].version:
+        raise argparse.ArgumentTypeError(f"{text!r}: two CIDRs must be one IPv4 and one IPv6 (dual-stack)")
+    return tuple(nets)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="netlab-proxy", description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
@@ -56,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--node", default="", help="this node's name (kube-proxy --hostname-override)")
     ap.add_argument("--node-ip", action="append", default=[], help="this node's IP (repeatable)")
     ap.add_argument("--cluster-cidr", help="the pod network; traffic from outside it is masqueraded")
+    ap.add_argument("--service-cluster-ip-range", type=service_cidrs, default=(), metavar="CIDR[,CIDR]",
+                    help="the Service CIDRs (kube-apiserver's flag; kube-proxy reads its ServiceCIDR objects): "
+                    "nftables mode drops traffic to addresses in them that no Service holds")
     ap.add_argument("--nodeport-addresses", action="append", default=[], help="CIDRs NodePorts answer on")
     ap.add_argument("--masquerade-all", action="store_true")
     ap.add_argument("--mode", default="iptables", help="iptables (this module), ipvs, nftables, userspace")

@@ -470,4 +470,6 @@ def make_backend(args):
     from proxy.ipvs import own_netns
     from proxy.nftables_kernel import NftablesBackend
 
-    return NftablesBackend(own_netns(args), getattr(args, "service_cluster_ip_range", None))
+    # The IPv4 proxier keeps the IPv4 Service CIDRs (kube-proxy's OnServiceCIDRsChanged filters by family).
+    cidrs = [str(n) for n in args.service_cluster_ip_range if n.version == 4]
+    return NftablesBackend(own_netns(args), ", ".join(cidrs) or None)

@@ -31,7 +31,7 @@ class NftablesBackend:
         self, netns_name: str, service_cidr: str | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.netns_name = netns_name
-        self.service_cidr = service_cidr  # kube-proxy's --service-cluster-ip-range (drop unallocated VIPs)
+        self.service_cidr = service_cidr  # the Service CIDRs (kube-proxy: its ServiceCIDR objects), to drop unallocated VIPs
         self.clock = clock  # when chains went stale (they are deleted STALE_CHAIN_AGE later)
         self._applied: Applied | None = None
         self.last_text = ""
