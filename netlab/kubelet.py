@@ -51,6 +51,14 @@ SANDBOX_WORKERS = int(os.environ.get("NETLAB_SANDBOX_WORKERS", "3"))
 # While pods start, their statuses are written in batches this often (each batch
 # is one store transaction, and one wake-up for every watcher of Pods).
 REPORT_EVERY = 0.5
+# The watch: the store is polled for pod and node events this often, and everything is
+# listed again (a resync) at least every RESYNC_EVERY seconds.
+WATCH_POLL = 0.05
+RESYNC_EVERY = 1.0
+# After a store error the kubelet waits this long before relisting, doubling to the maximum
+# (client-go's reflector backs off the same way, from 0.8 s to 30 s).
+STORE_BACKOFF_START = 0.5
+STORE_BACKOFF_MAX = 8.0
 
 
 def sandbox_id(namespace: str, name: str, uid: str) -> str:
@@ -247,28 +255,57 @@ class Kubelet:
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
     async def run(self) -> None:
+        """Sync, wait for a change, sync again, until stopped.
+
+        A store error anywhere (the API server away, etcd restarting, a
+        compacted watch) is logged and waited out with a back-off, then the
+        kubelet relists everything (a resync), as the real kubelet's
+        reflectors relist after a failed watch. The pods keep running meanwhile.
+        """
         await self._in_worker(self._reap_orphans)
         rev = 0
+        backoff = STORE_BACKOFF_START
         while not self.stop_event.is_set():
             try:
                 rev = await self.sync_once()
             except Exception:
-                log.exception("sync failed; retrying")
-                await asyncio.sleep(0.5)
+                log.exception("sync failed; retrying in %.1fs", backoff)
+                await self._pause(backoff)
+                backoff = min(backoff * 2, STORE_BACKOFF_MAX)
                 continue
-            # Wait for a change to pods or nodes (store watch by polling revisions).
-            deadline = time.monotonic() + 1.0
-            while not self.stop_event.is_set() and time.monotonic() < deadline:
-                events, rev_now = self.store.events_since(PODS, rev)
-                if events or self._dirty.is_set():
-                    break
-                node_events, _ = self.store.events_since(NODES, rev)
-                if node_events:
-                    break
-                rev = rev_now
-                await asyncio.sleep(0.05)
+            backoff = STORE_BACKOFF_START
+            try:
+                await self._wait_for_change(rev)
+            except Exception as e:  # noqa: BLE001 - any store error: back off, then resync
+                log.warning("watching the store failed (%s: %s); resyncing in %.1fs", type(e).__name__, e, backoff)
+                await self._pause(backoff)
+                backoff = min(backoff * 2, STORE_BACKOFF_MAX)
             self._dirty.clear()
         await self.shutdown()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the kubelet is stopped."""
+        try:
+            await asyncio.wait_for(self.stop_event.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _wait_for_change(self, rev: int) -> None:
+        """Return when pods or nodes changed after `rev`, a container changed, or after RESYNC_EVERY.
+
+        A watch by polling revisions (the store's events), as the kubelet's
+        informers watch the API server.
+        """
+        deadline = time.monotonic() + RESYNC_EVERY
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            events, rev_now = self.store.events_since(PODS, rev)
+            if events or self._dirty.is_set():
+                return
+            node_events, _ = self.store.events_since(NODES, rev)
+            if node_events:
+                return
+            rev = rev_now
+            await asyncio.sleep(WATCH_POLL)
 
     async def sync_once(self) -> int:
         nodes, _ = self.store.list(NODES)

@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from netlab import store as st
+from netlab.controllers.loop import run_reconciler
 
 log = logging.getLogger("netlab.controllers.endpointslice")
 
@@ -111,7 +112,10 @@ class EndpointSliceController:
     def reconcile(self) -> int:
         """One pass; returns the number of writes."""
         services = [kv.value for kv in self.store.list(st.SERVICES)[0]]
-        pods = [kv.value for kv in self.store.list(st.PODS)[0]]
+        # Pods matter only to a Service with a selector: a lab of pods without one (a build of a
+        # thousand pods, whose statuses change in batches) is not listed on every batch.
+        selecting = any((s.get("spec") or {}).get("selector") for s in services)
+        pods = [kv.value for kv in self.store.list(st.PODS)[0]] if selecting else []
         existing = {
             kv.key: kv.value
             for kv in self.store.list(st.ENDPOINTSLICES)[0]
@@ -132,22 +136,5 @@ class EndpointSliceController:
         return writes
 
     def run(self, stop: threading.Event) -> None:
-        rev = self.store.revision()
-        self.reconcile()
-        while not stop.is_set():
-            changed = False
-            try:
-                seen = []
-                for prefix in (st.PODS, st.SERVICES):
-                    events, at = self.store.events_since(prefix, rev)
-                    changed = changed or bool(events)
-                    seen.append(at)
-                rev = min(seen)  # never skip an event written between the two reads
-            except st.Compacted:
-                rev, changed = self.store.revision(), True
-            if changed:
-                try:
-                    self.reconcile()
-                except Exception:  # noqa: BLE001 - keep reconciling on the next change
-                    log.exception("endpointslice reconcile failed")
-            stop.wait(self.poll_interval)
+        """Reconcile on every Pod or Service change until `stop`; a store error is waited out, then relisted."""
+        run_reconciler(self.store, (st.PODS, st.SERVICES), self.reconcile, stop, self.poll_interval, log)

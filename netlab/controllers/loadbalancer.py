@@ -24,6 +24,7 @@ from typing import Any
 
 from netlab import names, netns
 from netlab import store as st
+from netlab.controllers.loop import run_reconciler
 
 log = logging.getLogger("netlab.controllers.loadbalancer")
 
@@ -147,21 +148,6 @@ class LoadBalancerController:
                 log.warning("announce in %s: %s", ns, e)
 
     def run(self, stop: threading.Event) -> None:
-        rev = self.store.revision()
-        self.reconcile()
-        while not stop.is_set():
-            seen, changed = [], False
-            try:
-                for prefix in (st.SERVICES, st.ENDPOINTSLICES, st.NODES):
-                    events, at = self.store.events_since(prefix, rev)
-                    changed = changed or bool(events)
-                    seen.append(at)
-                rev = min(seen)
-            except st.Compacted:
-                rev, changed = self.store.revision(), True
-            if changed:
-                try:
-                    self.reconcile()
-                except Exception:  # noqa: BLE001
-                    log.exception("loadbalancer reconcile failed")
-            stop.wait(self.poll_interval)
+        """Reconcile on every Service, EndpointSlice or Node change until `stop`; a store error is waited out."""
+        run_reconciler(self.store, (st.SERVICES, st.ENDPOINTSLICES, st.NODES), self.reconcile, stop,
+                       self.poll_interval, log)

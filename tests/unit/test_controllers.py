@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import threading
+import time
+
 import pytest
 
 from netlab import store as st
-from netlab.controllers import EndpointSliceController, admit_service, assign, desired_slices
+from netlab.controllers import EndpointSliceController, LoadBalancerController, admit_service, assign, desired_slices
+from netlab.controllers import loop
 from netlab.errors import SpecError
+from netlab.store_etcd import EtcdError
 from netlab.spec.source import load_text
 from proxy.model import validate_endpointslice, validate_service
 
@@ -122,3 +129,89 @@ def test_load_balancer_ips_from_the_pool_stay_stable():
     services["k/d"] = svc("d", type="LoadBalancer")
     assert assign(services, "192.168.50.240/28")["k/a"] == ["192.168.50.241"]
     assert assign(services, "192.168.50.240/28")["k/d"] == ["192.168.50.242"]
+
+
+class Flaky:
+    """A store that fails each of the calls named in `failures` once per listed error, then answers."""
+
+    def __init__(self, store, **failures) -> None:
+        self._store = store
+        self.failures = {name: list(errors) for name, errors in failures.items()}
+
+    def __getattr__(self, name):
+        real = getattr(self._store, name)
+        errors = self.failures.get(name)
+
+        def call(*args, **kwargs):
+            if errors:
+                raise errors.pop(0)
+            return real(*args, **kwargs)
+
+        return call
+
+    @property
+    def failed_all(self) -> bool:
+        return not any(self.failures.values())
+
+
+def outage() -> list[Exception]:
+    return [EtcdError("etcd at 192.168.56.1:2379 unreachable"), sqlite3.OperationalError("database is locked"),
+            st.Compacted("revision 3 is compacted"), RuntimeError("connection reset by peer")]
+
+
+@contextlib.contextmanager
+def running(controller):
+    stop = threading.Event()
+    t = threading.Thread(target=controller.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        yield t
+    finally:
+        stop.set()
+        t.join(5)
+        assert not t.is_alive()
+
+
+def wait_for(cond, thread, limit: float = 10.0) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        assert thread.is_alive(), "the controller's loop ended"
+        assert time.monotonic() - t0 < limit, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    monkeypatch.setattr(loop, "BACKOFF_START", 0.01)
+
+
+def endpoints(store) -> list[str]:
+    return sorted(a for kv in store.list(st.ENDPOINTSLICES)[0] for e in kv.value["endpoints"] for a in e["addresses"])
+
+
+def test_the_endpointslice_controller_outlives_store_errors_and_misses_no_change(store, quick):
+    put(store, svc("web", selector={"app": "web"}))
+    store.put(st.PODS + "default/p1", pod("p1", "10.244.1.2"))
+    flaky = Flaky(store, revision=outage(), list=outage())
+    with running(EndpointSliceController(flaky, poll_interval=0.01)) as t:
+        wait_for(lambda: flaky.failed_all and endpoints(store) == ["10.244.1.2"], t)
+        flaky.failures["events_since"] = outage()
+        store.put(st.PODS + "default/p2", pod("p2", "10.244.1.3"))  # written while the watch fails
+        wait_for(lambda: flaky.failed_all and endpoints(store) == ["10.244.1.2", "10.244.1.3"], t)
+        flaky.failures["put"] = outage()  # a reconcile that fails is retried, not dropped
+        store.put(st.PODS + "default/p3", pod("p3", "10.244.1.4"))
+        wait_for(lambda: flaky.failed_all and endpoints(store) == ["10.244.1.2", "10.244.1.3", "10.244.1.4"], t)
+
+
+def ingress(store) -> list[str]:
+    kv = store.get(st.object_key("Service", "default", "lb"))
+    return [i["ip"] for i in kv.value.get("status", {}).get("loadBalancer", {}).get("ingress", [])]
+
+
+def test_the_load_balancer_controller_outlives_store_errors(store, quick):
+    flaky = Flaky(store, revision=outage(), list=outage())
+    with running(LoadBalancerController(flaky, "nllb-unit", "192.168.50.240/28", poll_interval=0.01)) as t:
+        wait_for(lambda: flaky.failed_all, t)
+        flaky.failures["events_since"] = outage()
+        put(store, svc("lb", type="LoadBalancer"))
+        wait_for(lambda: flaky.failed_all and ingress(store) == ["192.168.50.241"], t)
