@@ -24,8 +24,6 @@ from netlab.spec.source import Document, Path
 LAB_API_VERSION = "netlab/v1alpha1"
 PROXY_MODES = ("iptables", "ipvs", "nftables", "userspace")
 IPTABLES_BACKENDS = ("nft", "legacy")  # kube-proxy's and flanneld's iptables binaries in every node
-# kube-proxy --ipvs-scheduler: the ip_vs_<name> schedulers a lab may pick for every node.
-IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "dh", "sh", "sed", "nq")
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -548,6 +546,10 @@ def _pod_network(c: _Checker, raw: Any) -> NetConf | None:
 
 def _proxy_options(c: _Checker, spec: dict, proxy_mode: str) -> tuple[str, str | None]:
     """iptablesBackend and ipvsScheduler: the node daemons' --iptables and kube-proxy's --ipvs-scheduler."""
+    # The proxy's own list, the one its --ipvs-scheduler checks; imported when a Lab is checked
+    # (as topology.py imports proxy.model), not with this module.
+    from proxy.model import IPVS_SCHEDULERS
+
     backend = spec.get("iptablesBackend", DEFAULTS["iptablesBackend"])
     if backend not in IPTABLES_BACKENDS:
         c.fail(("spec", "iptablesBackend"), f"unknown iptables backend {backend!r}",

@@ -153,8 +153,18 @@ def test_node_daemon_options_default_and_validate(tmp_path):
                                               "  ipMasq: false\n")]).lab
     assert (lab.ip_masq, lab.iptables_backend, lab.ipvs_scheduler) == (False, "legacy", "sh")
     # Every IPVS scheduler kube-proxy's --ipvs-scheduler takes is accepted.
-    for sched in ("rr", "wrr", "lc", "wlc", "dh", "sh", "sed", "nq"):
+    for sched in ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq"):
         assert load_topology([write(tmp_path, LAB + f"  proxyMode: ipvs\n  ipvsScheduler: {sched}\n")]).lab.ipvs_scheduler == sched
+
+
+def test_ipvs_schedulers_are_the_proxys_own(tmp_path, monkeypatch):
+    """One list: the lab accepts what netlab-proxy --ipvs-scheduler accepts (proxy.model.IPVS_SCHEDULERS)."""
+    from proxy import model
+
+    errs = errors_of(tmp_path, LAB + "  proxyMode: ipvs\n  ipvsScheduler: fifo\n")
+    assert any(e.endswith(f"(use one of: {', '.join(model.IPVS_SCHEDULERS)})") for e in errs), errs
+    monkeypatch.setattr(model, "IPVS_SCHEDULERS", ("rr", "fifo"))
+    assert load_topology([write(tmp_path, LAB + "  proxyMode: ipvs\n  ipvsScheduler: fifo\n")]).lab.ipvs_scheduler == "fifo"
 
 
 def test_pod_network_defaults_fill_partial_net_conf(tmp_path):
