@@ -15,29 +15,24 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from netlab import netns
 from proxy import iptables_apply
 from proxy.iptables_apply import IptablesBackend
-from tests.integration.test_proxy_iptables_flows import Fabric, build_fabric, check_flow, connect, flow_state
+from tests import helpers
+from tests.flow_lab import Fabric, check_flow, connect, flow_fabric
 from tests.unit.test_proxy_iptables import _mutate
-from tests.packet_flows import FLOWS, OBJECTS, PROXY_NODE, TOPOLOGY
+from tests.packet_flows import FLOWS, OBJECTS, PROXY_NODE, TOPOLOGY, flow_state
 
 WEB = next(f for f in FLOWS if f.name == "clusterip-several-endpoints")
 WEB_UDP = next(f for f in FLOWS if f.name == "clusterip-udp")
 
 
 def wait_until(cond, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """tests.helpers.wait_until with this file's bound: 15 s (a process starts and syncs in it)."""
+    return helpers.wait_until(cond, timeout, what)
 
 
 def http_get(ns: str, port: int, path: str) -> tuple[int, str] | None:
@@ -98,16 +93,15 @@ def metric(text: str, name: str) -> float:
 
 @pytest.fixture
 def lab(tmp_path):
-    f, where = build_fabric()
-    spec = tmp_path / "spec"
-    spec.mkdir()
-    (spec / "flows.yaml").write_text(OBJECTS)
-    proxy = Proxy(where[PROXY_NODE], str(spec), str(tmp_path / "proxy.log"))
-    try:
-        yield where, spec, proxy
-    finally:
-        proxy.kill()
-        f.close()
+    with flow_fabric() as (_f, where):
+        spec = tmp_path / "spec"
+        spec.mkdir()
+        (spec / "flows.yaml").write_text(OBJECTS)
+        proxy = Proxy(where[PROXY_NODE], str(spec), str(tmp_path / "proxy.log"))
+        try:
+            yield where, spec, proxy
+        finally:
+            proxy.kill()
 
 
 def save(where) -> str:

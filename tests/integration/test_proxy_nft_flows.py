@@ -1,8 +1,8 @@
 """nftables mode against the real kernel: the shared packet-flow table, partial syncs, cleanup.
 
-The fabric, the objects and the per-flow checks are the iptables mode's
-(tests/packet_flows.py and its real-packet harness); only the backend differs,
-so both modes are held to the same table.
+The fabric, the objects and the per-flow checks are every mode's
+(tests/packet_flows.py and tests/flow_lab.py); only the backend differs,
+so all modes are held to the same table.
 """
 
 from __future__ import annotations
@@ -13,30 +13,14 @@ from netlab import netns
 from proxy.nftables import STALE_CHAIN_AGE
 from proxy.nftables_kernel import NftablesBackend
 from proxy.model import ProxyState
-from tests.integration.test_proxy_iptables_flows import build_fabric, check_flow, connect, flow_state
-from tests.packet_flows import FLOWS, PROXY_NODE, TOPOLOGY, Flow
+from tests.flow_lab import check_flow, connect, flow_fabric, programmed
+from tests.packet_flows import FLOWS, PROXY_NODE, TOPOLOGY, Flow, flow_state, local_addresses
 
 
 @pytest.fixture(scope="module")
-def fabric():
-    f, where = build_fabric()
-    try:
-        yield f, where
-    finally:
-        f.close()
-    assert not [n for n in netns.list_names() if n.startswith(f.prefix)]
-
-
-@pytest.fixture(scope="module")
-def nft(fabric):
-    _f, where = fabric
-    backend = NftablesBackend(where[PROXY_NODE], TOPOLOGY.service_cidr)
-    backend.sync(flow_state(), None)
-    try:
-        yield where, backend
-    finally:
-        backend.cleanup()
-        netns.run_in(where[PROXY_NODE], ["conntrack", "-F"], capture_output=True)
+def nft():
+    with flow_fabric() as (_f, where), programmed(where, NftablesBackend(where[PROXY_NODE], TOPOLOGY.service_cidr)) as p:
+        yield p
 
 
 @pytest.mark.parametrize("flow", FLOWS, ids=[f.name for f in FLOWS])
@@ -75,8 +59,7 @@ def test_partial_sync_touches_only_the_changed_service(nft):
 
 
 def test_cleanup_removes_the_table_and_the_service_with_it():
-    f, where = build_fabric()
-    try:
+    with flow_fabric() as (_f, where):
         flow = FLOWS[0]
         backend = NftablesBackend(where[PROXY_NODE])
         backend.sync(flow_state(), None)
@@ -84,8 +67,6 @@ def test_cleanup_removes_the_table_and_the_service_with_it():
         backend.cleanup()
         assert backend.ruleset() == ""
         assert connect(where[flow.source], flow, timeout=0.5).pod is None
-    finally:
-        f.close()
 
 
 def test_walker_reads_the_kernels_listing_as_it_reads_the_transaction(nft):
@@ -96,10 +77,8 @@ def test_walker_reads_the_kernels_listing_as_it_reads_the_transaction(nft):
     _where, backend = nft
     state = flow_state()
     backend.sync(state, None)
-    node = TOPOLOGY.node(PROXY_NODE)
-    local = [node.ip, node.gateway]
-    listed = NftWalker(parse(backend.ruleset()), local)
-    scripted = NftWalker(parse(full_text(state, TOPOLOGY.service_cidr).text), local)
+    listed = NftWalker(parse(backend.ruleset()), local_addresses())
+    scripted = NftWalker(parse(full_text(state, TOPOLOGY.service_cidr).text), local_addresses())
     for flow in FLOWS:
         args = (TOPOLOGY.source_ip(flow.source), flow.dest_ip, flow.protocol, flow.dest_port)
         key = lambda outs: sorted((o.verdict, o.endpoint or "", o.masquerade) for o in outs)  # noqa: E731
@@ -158,8 +137,7 @@ def test_an_endpoint_change_at_scale_needs_no_read_back():
 
     if not shutil.which("strace"):
         pytest.skip("strace is not installed: it shows which netlink requests nft makes")
-    f, where = build_fabric()
-    try:
+    with flow_fabric() as (_f, where):
         node = where[PROXY_NODE]
         backend = NftablesBackend(node)
         state = state_with(3000, [TOPOLOGY.pod("a1").ip, TOPOLOGY.pod("a2").ip])
@@ -178,5 +156,3 @@ def test_an_endpoint_change_at_scale_needs_no_read_back():
         assert "NFT_MSG_GETTABLE" in p.stderr  # strace decodes the requests: proof it saw them
         assert not [m for m in ("NFT_MSG_GETCHAIN", "NFT_MSG_GETSET", "NFT_MSG_GETRULE") if m in p.stderr]
         backend.cleanup()
-    finally:
-        f.close()

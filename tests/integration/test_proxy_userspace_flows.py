@@ -1,7 +1,7 @@
 """userspace mode and the shared packet-flow table, with real packets.
 
 The fabric, the objects and the per-flow checks are the other modes'
-(tests/packet_flows.py and the iptables real-packet harness): every case
+(tests/packet_flows.py and tests/flow_lab.py): every case
 of the table runs here too. Where userspace mode cannot give what the table
 says, `userspace_expectation` derives what kube-proxy's legacy userspace
 proxier (pkg/proxy/userspace, the original mode, removed in Kubernetes
@@ -22,8 +22,8 @@ from netlab import netns
 from proxy.ipvs import categorize_endpoints
 from proxy.model import ServicePort
 from proxy.userspace import UserspaceBackend
-from tests.integration.test_proxy_iptables_flows import CONNECTIONS, build_fabric, check_flow, flow_state
-from tests.packet_flows import FLOWS, PROXY_NODE, TOPOLOGY, Flow
+from tests.flow_lab import CONNECTIONS, check_flow, flow_fabric, programmed
+from tests.packet_flows import FLOWS, PROXY_NODE, TOPOLOGY, Flow, flow_state
 
 CLOSED = "CLOSED"  # accepted by the proxy, then closed without a byte: no endpoint to connect to
 
@@ -112,16 +112,8 @@ def check_closed(where: dict[str, str], flow: Flow) -> None:
 
 @pytest.fixture(scope="module")
 def userspace():
-    f, where = build_fabric()
-    backend = UserspaceBackend(where[PROXY_NODE])
-    try:
-        backend.sync(flow_state(), None)
-        yield where, backend
-    finally:
-        backend.cleanup()
-        netns.run_in(where[PROXY_NODE], ["conntrack", "-F"], capture_output=True)
-        f.close()
-    assert not [n for n in netns.list_names() if n.startswith(f.prefix)]
+    with flow_fabric() as (_f, where), programmed(where, UserspaceBackend(where[PROXY_NODE])) as p:
+        yield p
 
 
 @pytest.mark.parametrize("flow", FLOWS, ids=[f.name for f in FLOWS])
