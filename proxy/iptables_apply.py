@@ -9,9 +9,10 @@ iptables-nft, built-in chains that do not exist yet are linked to our empty
 chains in a small transaction ahead of the sync, as kube-proxy's
 EnsureChain/EnsureRule do before its restore.
 
-Never run in the host's root namespace: the backend refuses `netns=None`
-unless it was explicitly told the current namespace is a node's
-(`--netns` unset in a process that was started inside a node namespace).
+Never run in the host's root namespace: with `netns=None` (no --netns: the
+namespace the process runs in) the backend refuses when that is PID 1's
+namespace, or, where PID 1's cannot be read, any namespace without a name
+under /run/netns (netlab.netns.in_root_namespace).
 """
 
 from __future__ import annotations
