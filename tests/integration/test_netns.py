@@ -136,3 +136,12 @@ def test_without_pid1s_namespace_a_named_one_is_still_not_the_root(monkeypatch):
             assert netns.in_root_namespace() is False
     finally:
         netns.remove(name)
+
+
+def test_importing_it_pulls_in_no_typing():
+    """The CNI plugins import netlab.netns at start-up, once per pod: nothing heavy at module level."""
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", "import sys, netlab.netns; sys.exit('typing' in sys.modules)"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr or "netlab.netns imported typing"
