@@ -156,3 +156,28 @@ def test_an_endpoint_change_at_scale_needs_no_read_back():
         assert "NFT_MSG_GETTABLE" in p.stderr  # strace decodes the requests: proof it saw them
         assert not [m for m in ("NFT_MSG_GETCHAIN", "NFT_MSG_GETSET", "NFT_MSG_GETRULE") if m in p.stderr]
         backend.cleanup()
+
+
+def test_netlab_proxy_drops_unallocated_addresses_of_its_service_cluster_ip_range(tmp_path):
+    """The command line the lab runs: --service-cluster-ip-range reaches cluster-ips-check in the kernel."""
+    import subprocess
+    import sys
+
+    from tests.helpers import unique
+    from tests.packet_flows import OBJECTS
+
+    ns = unique("nlpx-nft-")
+    (tmp_path / "flows.yaml").write_text(OBJECTS)
+    node = TOPOLOGY.node(PROXY_NODE)
+    netns.create(ns, lo_up=True)
+    try:
+        argv = [sys.executable, "-m", "proxy", "--spec", str(tmp_path), "--mode", "nftables", "--netns", ns,
+                "--node", node.name, "--node-ip", node.ip, "--cluster-cidr", TOPOLOGY.cluster_cidr,
+                "--service-cluster-ip-range", TOPOLOGY.service_cidr, "--once"]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        listed = netns.run_in(ns, ["nft", "list", "chain", "ip", "kube-proxy", "cluster-ips-check"],
+                              capture_output=True, text=True, check=True).stdout
+        assert f'ip daddr {TOPOLOGY.service_cidr} drop comment "Drop traffic to unallocated ClusterIPs"' in listed
+    finally:
+        netns.remove(ns)
