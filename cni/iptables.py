@@ -194,9 +194,3 @@ def teardown_chains(args: skel.Args, table: str, chains: list[str], families: tu
 def teardown_chain(args: skel.Args, table: str, chain: str, families: tuple[int, ...] = (4, 6)) -> None:
     """Remove every jump to `chain` and the chain itself; a missing chain is success."""
     teardown_chains(args, table, [chain], families)
-
-
-def quote_args(argv: list[str]) -> str:
-    import shlex
-
-    return " ".join(shlex.quote(a) for a in argv)

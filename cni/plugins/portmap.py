@@ -382,7 +382,8 @@ def add(conf: dict, args: skel.Args) -> dict:
                 # After the rules, so new packets meet them: failures are informative only.
                 flush_udp_conntrack(args, cfg.mappings, family)
     except BaseException:
-        iptables.teardown_chain(args, "nat", dn_chain(cfg.name, args.container_id))
+        with iptables.NetnsLock(args):
+            iptables.teardown_chain(args, "nat", dn_chain(cfg.name, args.container_id))
         raise
     return prev
 
@@ -454,7 +455,10 @@ def delete(conf: dict, args: skel.Args) -> None:
 
 
 def check(conf: dict, args: skel.Args) -> None:
-    cfg = parse(conf)
+    try:
+        cfg = parse(conf)
+    except CNIError as e:  # cmdCheck returns parseConfig's error as it is, without ADD's and DEL's prefix
+        raise CNIError(e.code, e.msg.removeprefix("failed to parse config: "), e.details) from None
     prev = skel.prev_result(conf) or {}
     if not cfg.mappings:
         return

@@ -209,10 +209,11 @@ def test_invalid_options_code_7_nothing_left(options, msg, nss, bindir, tmp_path
         prev = rt.add({**good, "plugins": good["plugins"][:1]}, "pmctr", netns.path(pod))  # the bridge alone
         before = snapshot(node)
         bad = make_conf(types, str(tmp_path / who), options, v6=True)
-        for verb in ("ADD", "DEL"):
+        for verb in ("ADD", "DEL", "CHECK"):
             with pytest.raises(Exception) as e:
                 portmap_only(rt, bad, verb, "pmctr", pod, prev, {"portMappings": TCP2})
-            assert e.value.msg == msg
+            # cmdCheck returns parseConfig's error without the prefix ADD and DEL give it.
+            assert e.value.msg == (msg.removeprefix("failed to parse config: ") if verb == "CHECK" else msg)
             assert e.value.code == (7 if who == "o" else 999)  # the reference's plain Go error is 999
             assert snapshot(node) == before
         assert not [l for l in before["v4"] + before["v6"] if "CNI-HOSTPORT" in l or "CNI-DN" in l]
