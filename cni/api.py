@@ -13,8 +13,6 @@ down a sandbox whose network setup failed, so nothing is left half-made.
 
 from __future__ import annotations
 
-
-
 from cni import libcni, registry, skel
 from cni.errors import CNIError, INVALID_CONFIG
 
@@ -24,7 +22,7 @@ def _invoker(base: skel.Args):
         short = registry.short(conf.get("type"))
         if short is None:
             raise CNIError(INVALID_CONFIG, f'failed to find plugin "{conf.get("type")}": not a netlab plugin')
-        a = skel.Args(**{**base.__dict__, "command": command})
+        a = base.replace(command=command)
         return skel.run(registry.load(short), conf, a)
 
     return invoke

@@ -7,8 +7,6 @@ can tell "try again" from "your config is broken".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 # Well-known error codes (CNI SPEC.md, "Error").
 INCOMPATIBLE_VERSION = 1
 UNSUPPORTED_FIELD = 2
@@ -25,13 +23,28 @@ LIMITED_CONNECTIVITY = 51
 INTERNAL = 999
 
 
-@dataclass
 class CNIError(Exception):
-    """An error to hand back to the runtime as the spec's JSON object."""
+    """An error to hand back to the runtime as the spec's JSON object.
 
-    code: int
-    msg: str
-    details: str = ""
+    A plain exception class, not a dataclass: this module is imported by
+    every exec of a plugin (see cni.record for the cost).
+    """
+
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(code, msg, details)
+        self.code = code
+        self.msg = msg
+        self.details = details
+
+    def __repr__(self) -> str:
+        return f"CNIError(code={self.code!r}, msg={self.msg!r}, details={self.details!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CNIError):
+            return NotImplemented
+        return (self.code, self.msg, self.details) == (other.code, other.msg, other.details)
+
+    __hash__ = Exception.__hash__
 
     def __str__(self) -> str:
         return f"{self.msg}: {self.details}" if self.details else self.msg

@@ -9,10 +9,11 @@ namespace by accident.
 
 from __future__ import annotations
 
-import subprocess
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
 
-from cni import skel
-from netlab import netns
+    from cni import skel
 
 
 def _rel(key: str) -> str:
@@ -31,13 +32,19 @@ def ensure_sysctl(args: skel.Args, key: str, value: str = "1") -> None:
     if args.host_netns is None:
         do()
     else:
+        from netlab import netns
+
         with netns.entered(args.host_netns):
             do()
 
 
 def run(args: skel.Args, argv: list[str], input: str | None = None) -> subprocess.CompletedProcess:
     """Run a command (iptables-restore, iptables-save) in the plugin's namespace."""
+    import subprocess
+
     kw = dict(input=input, capture_output=True, text=True)
     if args.host_netns is None:
         return subprocess.run(argv, **kw)
+    from netlab import netns
+
     return netns.run_in(args.host_netns, argv, **kw)

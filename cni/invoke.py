@@ -11,11 +11,9 @@ same code runs in-process instead of paying a fork+exec, and anything else
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 
-from cni import registry, skel
+from cni import fastjson, registry, skel
 from cni.errors import CNIError, DECODE_FAILURE, INTERNAL, INVALID_CONFIG
 
 
@@ -47,16 +45,7 @@ def delegate(command: str, conf: dict, args: skel.Args, type_: str | None = None
         exe = find_in_path(registry.exe_name(type_), args.path)
         if short is not None and not registry.is_ours(exe):
             short = None
-    sub = skel.Args(
-        command=command,
-        container_id=args.container_id,
-        netns=args.netns,
-        ifname=args.ifname,
-        args=args.args,
-        path=args.path,
-        host_netns=args.host_netns,
-        exec_mode=args.exec_mode,
-    )
+    sub = args.replace(command=command)
     if short is not None:
         out = skel.run(registry.load(short), conf, sub)
     else:
@@ -80,23 +69,25 @@ def plugin_env(args: skel.Args) -> dict[str, str]:
 
 def exec_plugin(exe: str, conf: dict, args: skel.Args) -> dict | None:
     """fork+exec one plugin the way a runtime does; raise its error object as CNIError."""
-    from netlab import netns
+    import subprocess
 
-    stdin = json.dumps(conf).encode()
+    stdin = fastjson.dumps(conf).encode()
     kw = dict(input=stdin, capture_output=True, env=plugin_env(args))
     if args.host_netns is not None:
+        from netlab import netns
+
         p = netns.run_in(args.host_netns, [exe], **kw)
     else:
         p = subprocess.run([exe], **kw)
     if p.returncode != 0:
         try:
-            err = json.loads(p.stdout)
+            err = fastjson.loads(p.stdout)
             raise CNIError(int(err.get("code", INTERNAL)), str(err.get("msg", "")), str(err.get("details", "")))
         except (ValueError, AttributeError, TypeError):
             raise CNIError(INTERNAL, f"plugin {exe} failed", (p.stderr or p.stdout).decode(errors="replace")) from None
     if not p.stdout.strip():
         return None
     try:
-        return json.loads(p.stdout)
+        return fastjson.loads(p.stdout)
     except ValueError as e:
         raise CNIError(DECODE_FAILURE, f"decoding result of {exe}", str(e)) from None

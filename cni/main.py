@@ -2,15 +2,17 @@
 
 As libcni's skel.PluginMainFuncs: the required variables per verb, the
 config decoded from stdin, an error object on stdout with exit code 1.
-Imports stay minimal (stdlib only, no click/rich/scapy/pyroute2): a
-runtime pays this process start-up on every pod.
+Imports stay minimal (stdlib C modules, no json/re/dataclasses/socket,
+no click/rich/scapy/pyroute2): a runtime pays this process start-up on
+every pod, and every module a call does not need is time added to it
+(BENCHMARKS.md, "CNI plugin").
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
+
+from cni import fastjson
 
 # Variables a runtime must set, per verb (skel's checkCmdArgs table).
 _REQUIRED = {
@@ -21,17 +23,24 @@ _REQUIRED = {
     "STATUS": ("CNI_PATH",),
     "VERSION": (),
 }
+_UNDECODED = object()
 
 
-def _version_of(raw: bytes) -> str:
+def _decode(raw: bytes) -> object:
+    """The config, or _UNDECODED when stdin is not JSON (an error only for verbs that read it)."""
+    try:
+        return fastjson.loads(raw)
+    except ValueError:
+        return _UNDECODED
+
+
+def _version_of(conf: object) -> str:
     from cni import skel
 
-    try:
-        v = json.loads(raw).get("cniVersion")
+    if isinstance(conf, dict):
+        v = conf.get("cniVersion")
         if v in skel.SUPPORTED_VERSIONS:
-            return v
-    except Exception:
-        pass
+            return v  # type: ignore[return-value]
     return skel.LATEST
 
 
@@ -40,7 +49,8 @@ def execute(plugin: str, environ: dict, stdin: bytes) -> tuple[int, str]:
     from cni import registry, skel
     from cni.errors import CNIError, DECODE_FAILURE, INTERNAL, INVALID_ENV
 
-    version = _version_of(stdin)
+    conf = _decode(stdin)
+    version = _version_of(conf)
     try:
         cmd = environ.get("CNI_COMMAND", "")
         if not cmd:
@@ -51,11 +61,12 @@ def execute(plugin: str, environ: dict, stdin: bytes) -> tuple[int, str]:
         if missing:
             raise CNIError(INVALID_ENV, f"required env variables [{','.join(missing)}] missing")
         if cmd == "VERSION":
-            return 0, json.dumps(skel.version_info())
-        try:
-            conf = json.loads(stdin)
-        except ValueError as e:
-            raise CNIError(DECODE_FAILURE, "error unmarshaling network config", str(e)) from None
+            return 0, fastjson.dumps(skel.version_info())
+        if conf is _UNDECODED:
+            try:
+                fastjson.loads(stdin)
+            except ValueError as e:  # the decoder's own message, as the details
+                raise CNIError(DECODE_FAILURE, "error unmarshaling network config", str(e)) from None
         if not isinstance(conf, dict):
             raise CNIError(DECODE_FAILURE, "error unmarshaling network config", "not a JSON object")
         args = skel.Args(
@@ -64,20 +75,28 @@ def execute(plugin: str, environ: dict, stdin: bytes) -> tuple[int, str]:
             netns=environ.get("CNI_NETNS", ""),
             ifname=environ.get("CNI_IFNAME", ""),
             args=environ.get("CNI_ARGS", ""),
-            path=[p for p in environ.get("CNI_PATH", "").split(os.pathsep) if p],
+            path=[p for p in environ.get("CNI_PATH", "").split(":") if p],  # os.pathsep on Linux
             exec_mode=True,
         )
         out = skel.run(registry.load(plugin), conf, args)
-        return 0, json.dumps(out) if out is not None else ""
+        return 0, fastjson.dumps(out) if out is not None else ""
     except CNIError as e:
-        return 1, json.dumps(e.to_json(version))
+        return 1, fastjson.dumps(e.to_json(version))
     except Exception as e:  # a bug or an unexpected kernel answer: still the spec's error object
-        return 1, json.dumps(CNIError(INTERNAL, f"{type(e).__name__}: {e}").to_json(version))
+        return 1, fastjson.dumps(CNIError(INTERNAL, f"{type(e).__name__}: {e}").to_json(version))
+
+
+def _environ() -> dict[str, str]:
+    """os.environ as a plain dict, from `posix` (importing `os` costs an exec'd plugin ~1 ms)."""
+    import posix
+
+    return {k.decode(errors="surrogateescape"): v.decode(errors="surrogateescape") for k, v in posix.environ.items()}
 
 
 def run(plugin: str) -> int:
-    code, out = execute(plugin, dict(os.environ), sys.stdin.buffer.read())
+    """The executable's body: returns the exit code (the caller exits, see cni.cli.TEMPLATE)."""
+    code, out = execute(plugin, _environ(), sys.stdin.buffer.read())
     if out:
         sys.stdout.write(out + "\n")
-        sys.stdout.flush()
+    sys.stdout.flush()
     return code

@@ -9,17 +9,24 @@ with IFLA_PROTINFO for hairpin, RTM_NEWADDR, RTM_NEWROUTE, the GET dumps),
 encoded with `struct`.
 
 A socket belongs to the network namespace it was created in, so one
-`RtNetlink` per namespace is enough; see `cni.nscache`.
+`RtNetlink` per namespace is enough; see `cni.nscache`. A request about
+another namespace (IFLA_TARGET_NETNSID) needs no socket in it at all.
+
+Imports are the C modules only (`_socket`, not `socket`, which pulls
+`enum`; no dataclasses; `ipaddress` only where an address is parsed or
+printed): this module is on every exec'd plugin's start-up path.
 """
 
 from __future__ import annotations
 
+import _socket
 import errno
-import ipaddress
-import os
-import socket
+import posix  # os's functions, without importing `os` (see cni.main)
 import struct
-from dataclasses import dataclass, field
+
+from cni.record import Frozen, Record
+
+AF_INET, AF_INET6, AF_NETLINK = _socket.AF_INET, _socket.AF_INET6, _socket.AF_NETLINK
 
 # netlink message types and flags (linux/netlink.h, linux/rtnetlink.h)
 NLMSG_ERROR = 2
@@ -39,6 +46,10 @@ NLA_F_NESTED = 0x8000
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK = 1, 3, 4, 5
 IFLA_MASTER, IFLA_PROTINFO, IFLA_LINKINFO = 10, 12, 18
 IFLA_NET_NS_FD = 28
+IFLA_TARGET_NETNSID = 46  # act on a link of another namespace, named by its nsid here
+RTM_NEWNSID, RTM_GETNSID = 88, 90
+NETNSA_NSID, NETNSA_FD = 1, 3
+NETNSA_NSID_NOT_ASSIGNED = -1
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND = 1, 2, 4
 VETH_INFO_PEER = 1
 IFLA_BRPORT_MODE = 4  # hairpin
@@ -98,7 +109,7 @@ def mac_bytes(text: str) -> bytes:
 
 def random_mac() -> bytes:
     """A random locally administered unicast MAC, as the kernel's eth_random_addr."""
-    b = bytearray(os.urandom(6))
+    b = bytearray(posix.urandom(6))
     b[0] = (b[0] & 0xFE) | 0x02
     return bytes(b)
 
@@ -107,17 +118,22 @@ class NetlinkError(OSError):
     """A kernel refusal, with the extended-ack text when the kernel gives one."""
 
 
-@dataclass
-class Link:
-    index: int
-    name: str
-    flags: int
-    mtu: int
-    mac: str
-    master: int
-    kind: str
-    peer_index: int  # IFLA_LINK: a veth's peer ifindex (in the peer's namespace)
-    attrs: dict[int, bytes] = field(repr=False, default_factory=dict)
+class Link(Record):
+    """A link as RTM_NEWLINK describes it; `peer_index` is IFLA_LINK, a veth's peer ifindex (in its namespace)."""
+
+    __slots__ = ("index", "name", "flags", "mtu", "mac", "master", "kind", "peer_index", "attrs")
+
+    def __init__(self, index: int, name: str, flags: int, mtu: int, mac: str, master: int, kind: str,
+                 peer_index: int, attrs: dict[int, bytes] | None = None) -> None:
+        self.index = index
+        self.name = name
+        self.flags = flags
+        self.mtu = mtu
+        self.mac = mac
+        self.master = master
+        self.kind = kind
+        self.peer_index = peer_index
+        self.attrs = {} if attrs is None else attrs
 
     @property
     def up(self) -> bool:
@@ -128,26 +144,26 @@ class Link:
         return bool(self.flags & IFF_PROMISC)
 
 
-@dataclass(frozen=True)
-class Addr:
-    index: int
-    address: str  # "10.244.1.1"
-    prefixlen: int
-    family: int
+class Addr(Frozen):
+    """An interface address ("10.244.1.1", 24) of link `index`."""
+
+    __slots__ = ("index", "address", "prefixlen", "family")
+
+    def __init__(self, index: int, address: str, prefixlen: int, family: int) -> None:
+        self._set(index=index, address=address, prefixlen=prefixlen, family=family)
 
     @property
     def cidr(self) -> str:
         return f"{self.address}/{self.prefixlen}"
 
 
-@dataclass(frozen=True)
-class Route:
-    dst: str  # CIDR; "0.0.0.0/0" for default
-    gw: str | None
-    oif: int
-    table: int
-    scope: int
-    protocol: int
+class Route(Frozen):
+    """A route; `dst` is a CIDR ("0.0.0.0/0" for the default)."""
+
+    __slots__ = ("dst", "gw", "oif", "table", "scope", "protocol")
+
+    def __init__(self, dst: str, gw: str | None, oif: int, table: int, scope: int, protocol: int) -> None:
+        self._set(dst=dst, gw=gw, oif=oif, table=table, scope=scope, protocol=protocol)
 
 
 def _parse_link(body: bytes) -> Link:
@@ -172,8 +188,16 @@ def _parse_link(body: bytes) -> Link:
 
 
 def _ip_bytes(addr: str) -> tuple[int, bytes]:
+    import ipaddress
+
     ip = ipaddress.ip_address(addr)
-    return (socket.AF_INET if ip.version == 4 else socket.AF_INET6), ip.packed
+    return (AF_INET if ip.version == 4 else AF_INET6), ip.packed
+
+
+def _ip_str(raw: bytes) -> str:
+    import ipaddress
+
+    return str(ipaddress.ip_address(raw))
 
 
 NLM_F_ECHO = 0x8  # echo the change back to the requester (honoured by RTM_NEWLINK since Linux 6.3)
@@ -183,13 +207,13 @@ IFLA_NUM_TX_QUEUES = 31
 class RtNetlink:
     """One NETLINK_ROUTE socket, bound to the namespace it was opened in."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self._seq = 0
 
     @classmethod
     def open(cls) -> "RtNetlink":
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+        s = _socket.socket(AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, _socket.NETLINK_ROUTE)
         try:
             s.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
             s.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
@@ -225,7 +249,7 @@ class RtNetlink:
             tlv = _attrs(data[off : off + n], 16 + 4 + 16)
             if NLMSGERR_ATTR_MSG in tlv:
                 msg = _cstr(tlv[NLMSGERR_ATTR_MSG])
-        return NetlinkError(-err, os.strerror(-err) + (f" ({msg})" if msg else ""))
+        return NetlinkError(-err, posix.strerror(-err) + (f" ({msg})" if msg else ""))
 
     def request(self, type_: int, body: bytes, flags: int = 0, dump: bool = False) -> list[tuple[int, bytes]]:
         """Send one request; return the reply messages; raise on a NACK."""
@@ -411,6 +435,37 @@ class RtNetlink:
                     return bool(p[IFLA_BRPORT_MODE][0])
         return None
 
+    def nsid_of(self, ns_fd: int) -> int:
+        """The nsid this socket's namespace knows the namespace open as `ns_fd` by (RTM_GETNSID).
+
+        NETNSA_NSID_NOT_ASSIGNED (-1) when it has none. The kernel assigns
+        one when a link of one namespace is paired with a link of the
+        other (a veth's IFLA_LINK_NETNSID), so a pod's namespace has one
+        in its node's as long as the pod's veth exists.
+        """
+        body = b"\0\0\0\0" + _u32(NETNSA_FD, ns_fd)  # struct rtgenmsg (AF_UNSPEC), aligned to 4
+        for t, b in self.request(RTM_GETNSID, body):
+            if t == RTM_NEWNSID:
+                a = _attrs(b, 4)
+                if NETNSA_NSID in a:
+                    return struct.unpack("=i", a[NETNSA_NSID])[0]
+        return NETNSA_NSID_NOT_ASSIGNED
+
+    def del_link_in(self, nsid: int, name: str) -> bool:
+        """Delete link `name` of the namespace this one knows as `nsid` (IFLA_TARGET_NETNSID).
+
+        What `ip -n POD link del NAME` does, without a socket in that
+        namespace (no setns). A missing link is success (returns False).
+        """
+        body = _IFINFO.pack(0, 0, 0, 0, 0) + _str(IFLA_IFNAME, name) + _attr(IFLA_TARGET_NETNSID, struct.pack("=i", nsid))
+        try:
+            self.request(RTM_DELLINK, body)
+        except NetlinkError as e:
+            if e.errno in (errno.ENODEV, errno.ENOENT):
+                return False
+            raise
+        return True
+
     def del_link(self, index: int) -> bool:
         """Delete a link; a missing one is success (returns False)."""
         try:
@@ -437,7 +492,7 @@ class RtNetlink:
             raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
             if raw is None:
                 continue
-            out.append(Addr(idx, str(ipaddress.ip_address(raw)), plen, fam))
+            out.append(Addr(idx, _ip_str(raw), plen, fam))
         return out
 
     def add_addr(self, index: int, address: str, prefixlen: int) -> None:
@@ -449,7 +504,9 @@ class RtNetlink:
         """The add_addr request as (type, body, flags), for request_many."""
         fam, raw = _ip_bytes(address)
         body = _IFADDR.pack(fam, prefixlen, 0, 0, index) + _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw)
-        if fam == socket.AF_INET and prefixlen < 31:
+        if fam == AF_INET and prefixlen < 31:
+            import ipaddress
+
             net = ipaddress.ip_network(f"{address}/{prefixlen}", strict=False)
             body += _attr(IFA_BROADCAST, net.broadcast_address.packed)
         return RTM_NEWADDR, body, NLM_F_CREATE | NLM_F_EXCL
@@ -468,8 +525,10 @@ class RtNetlink:
     @staticmethod
     def add_route_msg(dst: str, *, gw: str | None = None, oif: int = 0, scope: int | None = None) -> tuple[int, bytes, int]:
         """The add_route request as (type, body, flags), for request_many."""
+        import ipaddress
+
         net = ipaddress.ip_network(dst, strict=False)
-        fam = socket.AF_INET if net.version == 4 else socket.AF_INET6
+        fam = AF_INET if net.version == 4 else AF_INET6
         if scope is None:
             scope = RT_SCOPE_UNIVERSE if gw else RT_SCOPE_LINK
         body = _RTMSG.pack(fam, net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0)
@@ -481,7 +540,7 @@ class RtNetlink:
             body += _u32(RTA_OIF, oif)
         return RTM_NEWROUTE, body, NLM_F_CREATE | NLM_F_EXCL
 
-    def routes(self, family: int = socket.AF_INET) -> list[Route]:
+    def routes(self, family: int = AF_INET) -> list[Route]:
         out = []
         for t, b in self.request(RTM_GETROUTE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), dump=True):
             if t != RTM_NEWROUTE:
@@ -490,12 +549,12 @@ class RtNetlink:
             a = _attrs(b, _RTMSG.size)
             if RTA_TABLE in a:
                 table = struct.unpack("=I", a[RTA_TABLE])[0]
-            zero = "0.0.0.0" if fam == socket.AF_INET else "::"
-            dst = str(ipaddress.ip_address(a[RTA_DST])) if RTA_DST in a else zero
+            zero = "0.0.0.0" if fam == AF_INET else "::"
+            dst = _ip_str(a[RTA_DST]) if RTA_DST in a else zero
             out.append(
                 Route(
                     dst=f"{dst}/{dlen}",
-                    gw=str(ipaddress.ip_address(a[RTA_GATEWAY])) if RTA_GATEWAY in a else None,
+                    gw=_ip_str(a[RTA_GATEWAY]) if RTA_GATEWAY in a else None,
                     oif=struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else 0,
                     table=table,
                     scope=scope,

@@ -13,17 +13,16 @@ sweep, and `forget()` lets a caller that tears a node down drop them at once.
 
 from __future__ import annotations
 
-import os
-import threading
+import _thread
+import posix  # os.stat without importing `os` (see cni.main)
 
 from cni.netlink import RtNetlink
-from netlab import netns as _netns
 
 SELF = "/proc/thread-self/ns/net"
 _SWEEP_EVERY = 128
 
-_local = threading.local()
-_all_lock = threading.Lock()
+_local = _thread._local()  # threading.local, without importing `threading`
+_all_lock = _thread.allocate_lock()
 _all: list[dict[int, tuple[str, RtNetlink]]] = []  # every thread's cache, for forget()
 
 
@@ -37,9 +36,15 @@ def _cache() -> dict[int, tuple[str, RtNetlink]]:
     return c
 
 
+def _path(ns: str) -> str:
+    from netlab import netns as _netns
+
+    return _netns.path(ns)
+
+
 def _inode(path: str) -> int | None:
     try:
-        return os.stat(path).st_ino
+        return posix.stat(path).st_ino
     except OSError:
         return None
 
@@ -50,15 +55,17 @@ def netlink(ns: str | None) -> RtNetlink:
     _local.calls += 1
     if _local.calls % _SWEEP_EVERY == 0:
         _sweep(cache)
-    path = SELF if ns is None else _netns.path(ns)
-    ino = os.stat(path).st_ino  # FileNotFoundError for a missing namespace: the caller's to handle
+    path = SELF if ns is None else _path(ns)
+    ino = posix.stat(path).st_ino  # FileNotFoundError for a missing namespace: the caller's to handle
     hit = cache.get(ino)
     if hit is not None:
         return hit[1]
     if ns is None:
         nl = RtNetlink.open()
     else:
-        with _netns.entered(path):
+        from cni.nsenter import entered
+
+        with entered(path):
             nl = RtNetlink.open()
     cache[ino] = (path, nl)
     return nl
@@ -75,7 +82,7 @@ def forget(ns: str | None = None) -> None:
     """Close cached sockets of namespace `ns` in every thread (None: all of them)."""
     with _all_lock:
         caches = list(_all)
-    target = None if ns is None else _netns.path(ns)
+    target = None if ns is None else _path(ns)
     for cache in caches:
         for ino, (path, nl) in list(cache.items()):
             if target is None or path == target or (path != SELF and _inode(path) != ino):

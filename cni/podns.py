@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from cni.errors import CNIError, INVALID_ENV
 from cni.netlink import RtNetlink
-from netlab import netns as _netns
+from cni.nsenter import entered
 
 
 def open_netlink(path: str) -> RtNetlink:
     try:
-        with _netns.entered(path):
+        with entered(path):
             return RtNetlink.open()
     except OSError as e:
         raise CNIError(INVALID_ENV, f'failed to open netns "{path}"', e.strerror or str(e)) from None

@@ -10,10 +10,6 @@ end up in the same plugin code.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from types import ModuleType
-
 from cni.errors import (
     CNIError,
     DECODE_FAILURE,
@@ -21,16 +17,29 @@ from cni.errors import (
     INVALID_CONFIG,
     INVALID_ENV,
 )
+from cni.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = "1.1.0"
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 
-# As libcni's utils.ValidateContainerID / ValidateNetworkName: the first
-# character alphanumeric, the rest alphanumerics, "_", "." and "-". This is
-# what keeps "../" out of host-local's dataDir/<name> and flannel's dataDir/<id>.
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# As libcni's utils.ValidateContainerID / ValidateNetworkName
+# (^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$): the first character alphanumeric, the
+# rest alphanumerics, "_", "." and "-". This is what keeps "../" out of
+# host-local's dataDir/<name> and flannel's dataDir/<id>. Checked by hand,
+# not with `re`: its import costs an exec'd plugin more than the check.
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_CHARS = _ALNUM | frozenset("_.-")
 _IFNAME_MAX = 15
+
+
+def valid_id(s: str) -> bool:
+    """The libcni ID pattern, for container IDs and network names."""
+    return bool(s) and s[0] in _ALNUM and all(c in _ID_CHARS for c in s)
 
 
 def vtuple(v: str) -> tuple[int, int, int]:
@@ -40,8 +49,7 @@ def vtuple(v: str) -> tuple[int, int, int]:
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
-@dataclass
-class Args:
+class Args(Record):
     """One plugin call: the CNI_* variables, plus where the plugin "runs".
 
     `host_netns` is the namespace a runtime would have exec'd the plugin in
@@ -51,14 +59,27 @@ class Args:
     delegates by type directly.
     """
 
-    command: str
-    container_id: str = ""
-    netns: str = ""
-    ifname: str = ""
-    args: str = ""
-    path: list[str] = field(default_factory=list)
-    host_netns: str | None = None
-    exec_mode: bool = False
+    __slots__ = ("command", "container_id", "netns", "ifname", "args", "path", "host_netns", "exec_mode")
+
+    def __init__(
+        self,
+        command: str,
+        container_id: str = "",
+        netns: str = "",
+        ifname: str = "",
+        args: str = "",
+        path: list[str] | None = None,
+        host_netns: str | None = None,
+        exec_mode: bool = False,
+    ) -> None:
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.args = args
+        self.path = [] if path is None else path
+        self.host_netns = host_netns
+        self.exec_mode = exec_mode
 
     def cni_args(self) -> dict[str, str]:
         """CNI_ARGS "K1=V1;K2=V2" as a dict (types.LoadArgs' input)."""
@@ -78,7 +99,7 @@ class Args:
 def validate_container_id(cid: str) -> None:
     if not cid:
         raise CNIError(INVALID_ENV, "missing containerID")
-    if not _ID_RE.fullmatch(cid):
+    if not valid_id(cid):
         raise CNIError(INVALID_ENV, "invalid characters in containerID", cid)
 
 
@@ -97,7 +118,7 @@ def validate_ifname(name: str) -> None:
 def validate_network_name(name: object) -> None:
     if not isinstance(name, str) or not name:
         raise CNIError(INVALID_CONFIG, "missing network name")
-    if not _ID_RE.fullmatch(name):
+    if not valid_id(name):
         raise CNIError(INVALID_CONFIG, "invalid characters found in network name", name)
 
 
@@ -163,7 +184,7 @@ def prev_result(conf: dict) -> dict | None:
 # -- dispatch -----------------------------------------------------------------
 
 
-def run(plugin: ModuleType, conf: dict, args: Args) -> dict | None:
+def run(plugin: "ModuleType", conf: dict, args: Args) -> dict | None:
     """Validate the call and run one verb of one plugin; return the versioned result (ADD)."""
     cmd = args.command
     if cmd == "VERSION":

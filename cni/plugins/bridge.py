@@ -20,32 +20,34 @@ the veth's numtxqueues (1 allocated, as many in use as the reference's):
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
-import os
-import socket
-from dataclasses import dataclass, field
+import _thread
+import posix  # os's open/close/urandom, without importing `os` (see cni.main)
 
-from cni import hostns, iptables, nscache, podns, skel
+from cni import nscache, skel
 from cni.errors import CNIError, INTERNAL, INVALID_CONFIG, INVALID_ENV
-from cni.netlink import NetlinkError, RtNetlink, mac_str, random_mac
+from cni.netlink import AF_INET, AF_INET6, NETNSA_NSID_NOT_ASSIGNED, NetlinkError, RtNetlink, mac_str, random_mac
+from cni.record import Frozen
+
+# Imported where used, not here: `ipaddress` (ADD and CHECK only), cni.iptables
+# (ipMasq only: hashlib, subprocess), cni.hostns, cni.podns, cni.invoke. An
+# exec'd DEL reaches the kernel before any of them is loaded.
 
 DEFAULT_BRIDGE = "cni0"
 
 
-@dataclass(frozen=True)
-class Config:
-    name: str
-    bridge: str = DEFAULT_BRIDGE
-    is_gateway: bool = False
-    is_default_gateway: bool = False
-    force_address: bool = False
-    ip_masq: bool = False
-    mtu: int = 0
-    hairpin: bool = False
-    promisc: bool = False
-    ipam_type: str = ""
-    dns: dict = field(default_factory=dict)
+class Config(Frozen):
+    """The bridge options of a network config (loadNetConf's NetConf)."""
+
+    __slots__ = ("name", "bridge", "is_gateway", "is_default_gateway", "force_address", "ip_masq", "mtu",
+                 "hairpin", "promisc", "ipam_type", "dns")
+
+    def __init__(self, name: str, bridge: str = DEFAULT_BRIDGE, is_gateway: bool = False,
+                 is_default_gateway: bool = False, force_address: bool = False, ip_masq: bool = False,
+                 mtu: int = 0, hairpin: bool = False, promisc: bool = False, ipam_type: str = "",
+                 dns: dict | None = None) -> None:
+        self._set(name=name, bridge=bridge, is_gateway=is_gateway, is_default_gateway=is_default_gateway,
+                  force_address=force_address, ip_masq=ip_masq, mtu=mtu, hairpin=hairpin, promisc=promisc,
+                  ipam_type=ipam_type, dns={} if dns is None else dns)
 
 
 def _bool(conf: dict, key: str) -> bool:
@@ -91,12 +93,14 @@ def parse_config(conf: dict) -> Config:
         raise CNIError(INVALID_CONFIG, "cannot set hairpin mode and promiscuous mode at the same time.")
     if c.is_default_gateway and not c.is_gateway:
         # As loadNetConf: a default gateway is a gateway.
-        c = Config(**{**c.__dict__, "is_gateway": True})
+        c = c.replace(is_gateway=True)
     return c
 
 
 def plan_gateways(cfg: Config, ipam: dict) -> tuple[list[dict], list[dict], list[tuple[str, int]]]:
     """Pure: calcGateways. Returns (ips, routes, bridge gateway addresses as (ip, prefixlen))."""
+    import ipaddress
+
     ips = [dict(ip, interface=2) for ip in ipam.get("ips", [])]
     routes = [dict(r) for r in ipam.get("routes", [])]
     gws: list[tuple[str, int]] = []
@@ -122,21 +126,31 @@ def plan_gateways(cfg: Config, ipam: dict) -> tuple[list[dict], list[dict], list
     return ips, routes, gws
 
 
-@contextlib.contextmanager
-def _pod(netns_path: str):
-    """The pod namespace: an fd for IFLA_NET_NS_FD and a netlink socket inside it."""
-    try:
-        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise CNIError(INVALID_ENV, f'failed to open netns "{netns_path}"', e.strerror or str(e)) from None
-    try:
-        nl = podns.open_netlink(netns_path)
+class _Pod:
+    """``with _Pod(path) as (fd, nl):`` an fd of the pod namespace (for IFLA_NET_NS_FD) and a netlink socket in it."""
+
+    def __init__(self, netns_path: str) -> None:
+        self.path = netns_path
+
+    def __enter__(self) -> tuple[int, RtNetlink]:
+        from cni import podns
+
         try:
-            yield fd, nl
+            self.fd = posix.open(self.path, posix.O_RDONLY | posix.O_CLOEXEC)
+        except OSError as e:
+            raise CNIError(INVALID_ENV, f'failed to open netns "{self.path}"', e.strerror or str(e)) from None
+        try:
+            self.nl = podns.open_netlink(self.path)
+        except BaseException:
+            posix.close(self.fd)
+            raise
+        return self.fd, self.nl
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.nl.close()
         finally:
-            nl.close()
-    finally:
-        os.close(fd)
+            posix.close(self.fd)
 
 
 def ensure_bridge(nl: RtNetlink, cfg: Config):
@@ -160,8 +174,10 @@ def ensure_bridge(nl: RtNetlink, cfg: Config):
 
 def ensure_addr(nl: RtNetlink, br, gw: str, prefixlen: int, force: bool) -> None:
     """As ensureAddr: the gateway address on the bridge; another one in the way is an error unless forceAddress."""
+    import ipaddress
+
     want = ipaddress.ip_interface(f"{gw}/{prefixlen}")
-    fam = socket.AF_INET if want.version == 4 else socket.AF_INET6
+    fam = AF_INET if want.version == 4 else AF_INET6
     for a in nl.addrs(br.index, fam):
         have = ipaddress.ip_interface(a.cidr)
         if have == want:
@@ -187,7 +203,7 @@ def _veth(host: RtNetlink, pod: RtNetlink, pod_fd: int, cfg: Config, br, ifname:
     echoed it or None).
     """
     for _ in range(10):
-        name = "veth" + os.urandom(4).hex()
+        name = "veth" + posix.urandom(4).hex()
         hmac, pmac = random_mac(), random_mac()
         try:
             link = host.add_veth(name, ifname, peer_netns_fd=pod_fd, mtu=cfg.mtu, mac=hmac, peer_mac=pmac,
@@ -208,6 +224,8 @@ def configure_iface(pod: RtNetlink, ifname: str, ips: list[dict], routes: list[d
     is brought up and given its addresses and routes in one send: the same
     requests in the same order, one round trip.
     """
+    import ipaddress
+
     if index:
         _configure_new(pod, ifname, index, ips, routes)
         return
@@ -237,6 +255,8 @@ def configure_iface(pod: RtNetlink, ifname: str, ips: list[dict], routes: list[d
 
 
 def _configure_new(pod: RtNetlink, ifname: str, index: int, ips: list[dict], routes: list[dict]) -> None:
+    import ipaddress
+
     msgs: list[tuple[int, bytes, int]] = [pod.set_link_msg(index, up=True)]
     what = [f"failed to set {ifname} up"]
     gw: dict[int, str | None] = {4: None, 6: None}
@@ -259,10 +279,10 @@ def _configure_new(pod: RtNetlink, ifname: str, index: int, ips: list[dict], rou
 
 
 def add(conf: dict, args: skel.Args) -> dict:
-    from cni import invoke
+    from cni import hostns, invoke
 
     cfg = parse_config(conf)
-    with _pod(args.netns) as (pod_fd, pod):
+    with _Pod(args.netns) as (pod_fd, pod):
         host = nscache.netlink(args.host_netns)
         br = ensure_bridge(host, cfg)
         ipam: dict = {}
@@ -289,17 +309,25 @@ def add(conf: dict, args: skel.Args) -> dict:
                 if any(":" in g for g, _ in gws):
                     hostns.ensure_sysctl(args, "net.ipv6.conf.all.forwarding")
             if cfg.ip_masq and ips:
+                import ipaddress
+
+                from cni import iptables
+
                 pairs = [(str(ipaddress.ip_interface(i["address"]).network), str(ipaddress.ip_interface(i["address"]).ip)) for i in ips]
                 iptables.setup_masq(args, pairs, cfg.name)
         except BaseException:
             if veth is not None:
-                with contextlib.suppress(Exception):
+                try:
                     l = host.get_link(veth)
                     if l is not None:
                         host.del_link(l.index)
+                except Exception:
+                    pass
             if undo_ipam:
-                with contextlib.suppress(Exception):
+                try:
                     invoke.delegate("DEL", conf, args, cfg.ipam_type)
+                except Exception:
+                    pass
             raise
     result: dict = {
         "interfaces": [
@@ -315,29 +343,139 @@ def add(conf: dict, args: skel.Args) -> dict:
     return result
 
 
-def delete(conf: dict, args: skel.Args) -> None:
-    from cni import invoke
+class _VethDeletion:
+    """The pod's veth pair deleted from the node's namespace, on a thread of its own.
 
-    cfg = parse_config(conf)
-    if cfg.ipam_type:
-        invoke.delegate("DEL", conf, args, cfg.ipam_type)
-    pod = podns.try_open(args.netns)
-    if pod is None:
-        return  # no namespace (any more), and no veth with it: nothing left to do
-    try:
-        link = pod.get_link(args.ifname)
-        if link is None:
+    RTM_DELLINK of a veth blocks its caller until the kernel has
+    unregistered both ends, and that ends in rcu_barrier() (netdev_run_todo):
+    ~20 ms here, the largest part of a DEL, the same for the reference
+    plugin. The kernel does it inside sendmsg(2), so sending early and
+    reading the ack late saves nothing; a thread blocked in that call lets
+    the plugin release the address (host-local) meanwhile, with the GIL
+    released. The reference deletes the link, then execs host-local.
+
+    The link is the pod's `ifname`, named in the pod namespace through its
+    nsid in the node's (IFLA_TARGET_NETNSID, RTM_GETNSID), as
+    `ip -n POD link del eth0` names it: no setns, no socket in the pod.
+    A pod namespace that the node has no nsid for (no veth between them
+    ever made one) is entered instead, as the reference does. A missing
+    namespace, or one that is not a namespace, has nothing to delete.
+    """
+
+    def __init__(self, host: RtNetlink | None, netns_path: str, ifname: str) -> None:
+        self.host, self.path, self.ifname = host, netns_path, ifname
+        self.error: BaseException | None = None
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self) -> None:
+        try:
+            self._delete()
+        except BaseException as e:
+            self.error = e
+        finally:
+            self._done.release()
+
+    def _delete(self) -> None:
+        if not self.path:
             return
-        addrs = [a for a in pod.addrs(link.index)]
-        pod.del_link(link.index)
-    finally:
-        pod.close()
-    if cfg.ipam_type and cfg.ip_masq and addrs:
+        if self.host is not None and self._delete_by_nsid(self.host):
+            return
+        from cni import podns
+
+        pod = podns.try_open(self.path)
+        if pod is None:
+            return
+        try:
+            link = pod.get_link(self.ifname)
+            if link is not None:
+                pod.del_link(link.index)
+        finally:
+            pod.close()
+
+    def _delete_by_nsid(self, host: RtNetlink) -> bool:
+        """Delete through the pod's nsid; False when the node knows no nsid for it."""
+        try:
+            fd = posix.open(self.path, posix.O_RDONLY | posix.O_CLOEXEC)
+        except OSError:
+            return True  # no namespace (any more), and no veth with it
+        try:
+            try:
+                nsid = host.nsid_of(fd)
+            except NetlinkError:
+                return True  # not a network namespace
+        finally:
+            posix.close(fd)
+        if nsid == NETNSA_NSID_NOT_ASSIGNED or nsid < 0:
+            return False
+        host.del_link_in(nsid, self.ifname)
+        return True
+
+    def wait(self) -> BaseException | None:
+        """Block until the deletion is over; its error, if it failed."""
+        self._done.acquire()
+        self._done.release()
+        return self.error
+
+
+def _del_masq(conf: dict, args: skel.Args, cfg: Config) -> None:
+    """DEL with ipMasq: the pod's addresses decide whether there are masquerade rules to remove.
+
+    As the reference's DelLinkByNameAddr + TeardownIPMasq, inside the pod
+    namespace: the link's addresses read, the link deleted, then IPAM
+    released and the rules removed.
+    """
+    from cni import invoke, iptables, podns
+
+    addrs = []
+    pod = podns.try_open(args.netns)
+    if pod is not None:
+        try:
+            link = pod.get_link(args.ifname)
+            if link is not None:
+                addrs = pod.addrs(link.index)
+                pod.del_link(link.index)
+        finally:
+            pod.close()
+    invoke.delegate("DEL", conf, args, cfg.ipam_type)
+    if addrs:
         iptables.teardown_chain(args, "nat", iptables.chain_name(cfg.name, args.container_id))
+
+
+def delete(conf: dict, args: skel.Args) -> None:
+    """As cmdDel: the pod's veth pair deleted, then the address released (IPAM DEL), both idempotent.
+
+    Here the two overlap: the deletion runs on a thread while IPAM
+    releases (see _VethDeletion); the first error of the two is raised,
+    after both are over.
+    """
+    cfg = parse_config(conf)
+    if cfg.ipam_type and cfg.ip_masq:
+        _del_masq(conf, args, cfg)
+        return
+    try:
+        host: RtNetlink | None = nscache.netlink(args.host_netns)
+    except OSError:
+        host = None  # the node's namespace is gone, and every veth of it: only the pod's side may be left
+    deletion = _VethDeletion(host, args.netns, args.ifname)
+    error: BaseException | None = None
+    try:
+        if cfg.ipam_type:
+            from cni import invoke
+
+            invoke.delegate("DEL", conf, args, cfg.ipam_type)
+    except BaseException as e:
+        error = e
+    error = error or deletion.wait()
+    if error is not None:
+        raise error
 
 
 def check(conf: dict, args: skel.Args) -> None:
     """As cmdCheck: the bridge, the pod interface, its addresses and routes match prevResult."""
+    import ipaddress
+
     from cni import invoke
 
     cfg = parse_config(conf)
@@ -352,7 +490,7 @@ def check(conf: dict, args: skel.Args) -> None:
     cont = next((i for i in ifaces if i.get("sandbox") and i.get("name") == args.ifname), None)
     if cont is None:
         raise CNIError(INTERNAL, f"Sandbox interface {args.ifname} not found in prevResult")
-    with _pod(args.netns) as (_fd, pod):
+    with _Pod(args.netns) as (_fd, pod):
         link = pod.get_link(args.ifname)
         if link is None:
             raise CNIError(INTERNAL, f"Container interface {args.ifname} not found")
@@ -362,7 +500,7 @@ def check(conf: dict, args: skel.Args) -> None:
         for ip in prev.get("ips") or []:
             if ip["address"] not in have:
                 raise CNIError(INTERNAL, f"Failed to match addr {ip['address']} on interface {args.ifname}")
-        rts = {(r.dst, r.gw) for fam in (socket.AF_INET, socket.AF_INET6) for r in pod.routes(fam) if r.oif == link.index}
+        rts = {(r.dst, r.gw) for fam in (AF_INET, AF_INET6) for r in pod.routes(fam) if r.oif == link.index}
         for r in prev.get("routes") or []:
             dst = str(ipaddress.ip_network(r["dst"], strict=False))
             if not any(d == dst for d, _ in rts):

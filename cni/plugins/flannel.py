@@ -17,12 +17,9 @@ its own /var/lib/cni, so both move together.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
 import os
 
-from cni import invoke, skel, subnet_env
+from cni import fastjson, invoke, skel, subnet_env
 from cni.errors import CNIError, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE, TRY_AGAIN
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
@@ -61,12 +58,21 @@ def load_env(path: str) -> dict:
     return env
 
 
+def _copy(v: object) -> object:
+    """A deep copy of decoded JSON (dicts, lists, scalars): copy.deepcopy without its import."""
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy(x) for x in v]
+    return v
+
+
 def build_delegate(conf: dict, env: dict) -> dict:
     """Pure: the delegate config flannel hands to bridge (flannel's cmdAdd + getDelegateIPAM)."""
     d = conf.get("delegate") or {}
     if not isinstance(d, dict):
         raise CNIError(INVALID_CONFIG, "delegate must be an object")
-    d = copy.deepcopy(d)
+    d = _copy(d)
     d["name"] = conf["name"]
     d.setdefault("type", "bridge")
     d.setdefault("ipMasq", not env["ipmasq"])
@@ -78,7 +84,7 @@ def build_delegate(conf: dict, env: dict) -> dict:
     ipam = conf.get("ipam") or {}
     if not isinstance(ipam, dict):
         raise CNIError(INVALID_CONFIG, "ipam must be an object")
-    ipam = copy.deepcopy(ipam)
+    ipam = _copy(ipam)
     ipam.setdefault("type", "host-local")
     ranges = [[{"subnet": env["subnet"]}]]
     if env.get("subnet6"):
@@ -120,8 +126,10 @@ def _save_scratch(path: str, data: bytes) -> None:
     """
     from netlab.netns import link_fd
 
-    with contextlib.suppress(FileNotFoundError):
+    try:
         os.unlink(path)  # a repeated ADD: replace the file, never write into one that may be shared
+    except FileNotFoundError:
+        pass
     d = os.path.dirname(path)
     with _shared_lock:
         hit = _shared.get(d)
@@ -154,21 +162,30 @@ def add(conf: dict, args: skel.Args) -> dict:
     d = build_delegate(conf, env)
     path = _scratch(conf, args.container_id)
     os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-    _save_scratch(path, json.dumps(d).encode())
+    _save_scratch(path, fastjson.dumps(d).encode())
     try:
         result = invoke.delegate("ADD", d, args)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        _unlink(path)
         raise
     return result or {}
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _saved(conf: dict, args: skel.Args) -> tuple[str, dict | None]:
     path = _scratch(conf, args.container_id)
     try:
-        with open(path) as f:
-            return path, json.load(f)
+        with open(path, "rb") as f:
+            saved = fastjson.loads(f.read())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+        return path, saved
     except FileNotFoundError:
         return path, None
     except (OSError, ValueError) as e:
@@ -180,8 +197,7 @@ def delete(conf: dict, args: skel.Args) -> None:
     if d is None:
         return  # already cleaned up
     invoke.delegate("DEL", d, args)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    _unlink(path)
 
 
 def check(conf: dict, args: skel.Args) -> None:
@@ -197,11 +213,16 @@ def gc(conf: dict, args: skel.Args) -> None:
     valid = conf.get("cni.dev/valid-attachments") or []
     keep = {a.get("containerID") for a in valid if isinstance(a, dict)}
     data_dir = _str_opt(conf, "dataDir", DEFAULT_DATA_DIR)
-    with contextlib.suppress(FileNotFoundError):
-        for name in os.listdir(data_dir):
-            if name not in keep:
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(data_dir, name))
+    try:
+        names = os.listdir(data_dir)
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        if name not in keep:
+            try:
+                os.unlink(os.path.join(data_dir, name))
+            except OSError:
+                pass
     try:
         env = load_env(_str_opt(conf, "subnetFile", DEFAULT_SUBNET_FILE))
     except CNIError:

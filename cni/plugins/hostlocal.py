@@ -11,42 +11,46 @@ on /var/lib/cni/networks.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import ipaddress
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 from cni import skel
 from cni.errors import CNIError, INTERNAL, INVALID_CONFIG, INVALID_ENV, IO_FAILURE
+from cni.record import Frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+    Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 LAST_IP_PREFIX = "last_reserved_ip."
 LINE_BREAK = "\r\n"
 
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
-Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+class Range(Frozen):
+    """One allocation range: its subnet, first and last address, and gateway."""
 
-@dataclass(frozen=True)
-class Range:
-    subnet: Net
-    start: IP
-    end: IP
-    gateway: IP | None
+    __slots__ = ("subnet", "start", "end", "gateway")
+
+    def __init__(self, subnet: Net, start: IP, end: IP, gateway: IP | None) -> None:
+        self._set(subnet=subnet, start=start, end=end, gateway=gateway)
 
     def contains(self, ip: IP) -> bool:
         return ip.version == self.subnet.version and self.start <= ip <= self.end
 
 
-@dataclass(frozen=True)
-class Config:
-    name: str
-    range_sets: list[list[Range]]
-    routes: list[dict]
-    data_dir: str
-    resolv_conf: str
+class Config(Frozen):
+    """The host-local part of a network config (allocator.IPAMConfig)."""
+
+    __slots__ = ("name", "range_sets", "routes", "data_dir", "resolv_conf")
+
+    def __init__(self, name: str, range_sets: list[list[Range]], routes: list[dict], data_dir: str,
+                 resolv_conf: str) -> None:
+        self._set(name=name, range_sets=range_sets, routes=routes, data_dir=data_dir, resolv_conf=resolv_conf)
 
     @property
     def dir(self) -> str:
@@ -199,8 +203,11 @@ class Store:
         self._key: tuple | None = None  # set while locked
         self._idx: dict[str, tuple[int, str]] | None = None  # validated in this locked section
 
-    @contextlib.contextmanager
-    def locked(self, create: bool = True) -> Iterator["Store"]:
+    def locked(self, create: bool = True) -> "_Locked":
+        """``with store.locked():`` the network's lock file flock(2)ed, as the reference's FileLock."""
+        return _Locked(self, create)
+
+    def _lock(self, create: bool) -> int:
         if create:
             os.makedirs(self.dir, 0o755, exist_ok=True)
         # The reference FileLock creates "lock" with mode 0750 (its os.OpenFile perm).
@@ -208,12 +215,16 @@ class Store:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             st = os.fstat(fd)
-            # A data dir removed and made again has a new lock file: its index starts afresh.
-            self._key = (self.dir, st.st_dev, st.st_ino, st.st_ctime_ns)
-            yield self
-        finally:
-            self._key = self._idx = None
-            os.close(fd)  # closing drops the flock
+        except BaseException:
+            os.close(fd)
+            raise
+        # A data dir removed and made again has a new lock file: its index starts afresh.
+        self._key = (self.dir, st.st_dev, st.st_ino, st.st_ctime_ns)
+        return fd
+
+    def _unlock(self, fd: int) -> None:
+        self._key = self._idx = None
+        os.close(fd)  # closing drops the flock
 
     @staticmethod
     def _read(path: str) -> str | None:
@@ -329,8 +340,10 @@ class Store:
 
     def release(self, ip: IP) -> None:
         name = str(ip)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(os.path.join(self.dir, name))
+        except FileNotFoundError:
+            pass
         self._index().pop(name, None)
 
     def release_by_id(self, cid: str, ifname: str) -> None:
@@ -357,6 +370,20 @@ class Store:
             cid, _, ifn = c.partition(LINE_BREAK)
             out.append((n, cid.strip(), ifn.strip()))
         return out
+
+
+class _Locked:
+    """Store.locked's context manager (a class: contextlib's import is time an exec'd plugin pays)."""
+
+    def __init__(self, store: Store, create: bool) -> None:
+        self.store, self.create, self.fd = store, create, -1
+
+    def __enter__(self) -> Store:
+        self.fd = self.store._lock(self.create)
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        self.store._unlock(self.fd)
 
 
 def _iterate(ranges: list[Range], last: IP | None) -> Iterator[tuple[IP, Range]]:

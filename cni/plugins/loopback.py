@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-
 from cni import skel
 from cni.errors import CNIError, INTERNAL
+from cni.netlink import AF_INET, AF_INET6
 from cni.podns import open_netlink as _open, try_open
 
 
@@ -22,8 +21,8 @@ def add(conf: dict, args: skel.Args) -> dict:
     prev = skel.prev_result(conf)
     if prev is not None:
         return prev  # loopback passes a prevResult through
-    v4 = [a for a in addrs if a.family == socket.AF_INET]
-    v6 = [a for a in addrs if a.family == socket.AF_INET6]
+    v4 = [a for a in addrs if a.family == AF_INET]
+    v6 = [a for a in addrs if a.family == AF_INET6]
     ips = [{"interface": 0, "address": a.cidr} for a in v4[:1] + v6[:1]]
     out: dict = {"interfaces": [{"name": args.ifname, "mac": "00:00:00:00:00:00", "sandbox": args.netns}]}
     if ips:
