@@ -5,7 +5,17 @@ namespaces, with the same bridge + host-local config; each call is one
 fork+exec of the plugin (inside the node namespace, as a runtime would run
 it), timed from fork to exit. Prints p50/p95 per call and the ratios.
 
-    sudo .venv/bin/python bench/cni.py [--pods 100]
+By default the two plugins take turns, call by call (ADD of pod i by the
+reference, then by netlab; then the DELs the same way), so a change in the
+shared machine's load hits both alike; ``--order blocks`` runs all of the
+reference's calls, then all of netlab's. Every call is still sequential:
+one plugin process at a time.
+
+The floor of an exec'd call is printed too: the interpreter started with
+the plugin's flags and doing nothing, and the reference bridge answering
+VERSION (Go's start-up), exec'd the same way.
+
+    sudo .venv/bin/python bench/cni.py [--pods 100] [--order turns|blocks]
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -27,6 +38,7 @@ from cni.runtime import Runtime  # noqa: E402
 from netlab import netns  # noqa: E402
 
 REFERENCE_DIR = "/usr/lib/cni"
+PREFIX = "nlca-bench"
 
 
 def conf(type_: str, ipam: str, data_dir: str) -> dict:
@@ -43,53 +55,113 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
 
 
-def run_one(label: str, rt: Runtime, c: dict, exe: str, pods: int, tag: str) -> dict[str, list[float]]:
-    node = f"nltest-cni-bench-{tag}-{label}"
-    names = [f"{node}-p{i}" for i in range(pods)]
-    netns.create(node)
-    for n in names:
-        netns.create(n)
-    rt.host_netns = node
-    stdin = json.dumps(c).encode()
-    times: dict[str, list[float]] = {"ADD": [], "DEL": []}
-    try:
-        for cmd in ("ADD", "DEL"):
-            for i, n in enumerate(names):
-                env = rt.env(cmd, f"ctr{i}", netns.path(n), "eth0")
-                t = time.perf_counter()
-                r = rt.exec_raw(exe, env, stdin)
-                times[cmd].append(time.perf_counter() - t)
-                if r.code != 0:
-                    raise SystemExit(f"{label} {cmd} failed: {r.stdout} {r.stderr}")
-    finally:
-        for n in names + [node]:
+class Side:
+    """One plugin under test: its node namespace, pod namespaces, config and executable."""
+
+    def __init__(self, label: str, rt: Runtime, c: dict, exe: str, pods: int, tag: str) -> None:
+        self.label, self.exe = label, exe
+        self.node = f"{PREFIX}-{tag}-{label}"
+        self.pods = [f"{self.node}-p{i}" for i in range(pods)]
+        self.rt = Runtime(cni_path=rt.cni_path, host_netns=self.node)
+        self.stdin = json.dumps(c).encode()
+        self.times: dict[str, list[float]] = {"ADD": [], "DEL": []}
+        self.cpu: dict[str, list[float]] = {"ADD": [], "DEL": []}
+
+    def create(self) -> None:
+        netns.create(self.node)
+        for n in self.pods:
+            netns.create(n)
+
+    def call(self, cmd: str, i: int) -> None:
+        env = self.rt.env(cmd, f"ctr{i}", netns.path(self.pods[i]), "eth0")
+        c = _children_cpu()
+        t = time.perf_counter()
+        r = self.rt.exec_raw(self.exe, env, self.stdin)
+        self.times[cmd].append(time.perf_counter() - t)
+        self.cpu[cmd].append(_children_cpu() - c)
+        if r.code != 0:
+            raise SystemExit(f"{self.label} {cmd} failed: {r.stdout} {r.stderr}")
+
+    def remove(self) -> None:
+        for n in self.pods + [self.node]:
             netns.remove(n)
-    return times
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of every child reaped so far, and of their reaped children.
+
+    The reference bridge waits for the host-local it execs, so its CPU
+    counts here as well. Unlike wall time, this hardly moves with the
+    shared machine's load.
+    """
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def floor(node: str, argv: list[str], env: dict[str, str], stdin: bytes, n: int) -> float:
+    """p50 of `n` execs of argv inside `node`, as the plugins are exec'd."""
+    xs = []
+    for _ in range(n):
+        t = time.perf_counter()
+        netns.run_in(node, argv, input=stdin, capture_output=True, env=env)
+        xs.append(time.perf_counter() - t)
+    return pct(xs, .5)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pods", type=int, default=100)
+    ap.add_argument("--order", choices=("turns", "blocks"), default="turns")
     opts = ap.parse_args()
     tag = uuid.uuid4().hex[:6]
-    tmp = tempfile.mkdtemp(prefix="nltest-cni-bench-")
+    tmp = tempfile.mkdtemp(prefix=f"{PREFIX}-")
+    sides: list[Side] = []
     try:
         ours_dir = os.path.join(tmp, "bin")
         cli.install(ours_dir)
         # Reference first on CNI_PATH would shadow nothing: ours are netlab-*.
         rt = Runtime(cni_path=[REFERENCE_DIR, ours_dir])
-        res = {
-            "reference": run_one("ref", rt, conf("bridge", "host-local", os.path.join(tmp, "ref")),
-                                 os.path.join(REFERENCE_DIR, "bridge"), opts.pods, tag),
-            "netlab": run_one("ours", rt, conf("netlab-bridge", "netlab-host-local", os.path.join(tmp, "ours")),
-                              os.path.join(ours_dir, "netlab-bridge"), opts.pods, tag),
+        sides = [
+            Side("ref", rt, conf("bridge", "host-local", os.path.join(tmp, "ref")),
+                 os.path.join(REFERENCE_DIR, "bridge"), opts.pods, tag),
+            Side("ours", rt, conf("netlab-bridge", "netlab-host-local", os.path.join(tmp, "ours")),
+                 os.path.join(ours_dir, "netlab-bridge"), opts.pods, tag),
+        ]
+        for s in sides:
+            s.create()
+        load = os.getloadavg()[0]
+        if opts.order == "turns":
+            for cmd in ("ADD", "DEL"):
+                for i in range(opts.pods):
+                    for s in sides:
+                        s.call(cmd, i)
+        else:
+            for s in sides:
+                for cmd in ("ADD", "DEL"):
+                    for i in range(opts.pods):
+                        s.call(cmd, i)
+        with open(os.path.join(ours_dir, "netlab-bridge")) as f:
+            python = f.readline()[2:].split()
+        env = {"CNI_COMMAND": "VERSION", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        floors = {
+            "python " + " ".join(python[1:]) + " -c pass": floor(sides[0].node, python + ["-c", "pass"], env, b"", 50),
+            "reference bridge VERSION": floor(sides[0].node, [sides[0].exe], env, b'{"cniVersion":"1.0.0"}', 50),
         }
+        load_end = os.getloadavg()[0]
     finally:
+        for s in sides:
+            s.remove()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{'plugin':<10} {'verb':<4} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}")
+    print(f"order: {opts.order}, {opts.pods} pods, load average {load:.2f} -> {load_end:.2f}")
+    print(f"{'plugin':<10} {'verb':<4} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8} {'CPU p50 ms':>11}")
+    res = {"reference": sides[0].times, "netlab": sides[1].times}
+    cpu = {"reference": sides[0].cpu, "netlab": sides[1].cpu}
     for who, t in res.items():
         for cmd, xs in t.items():
-            print(f"{who:<10} {cmd:<4} {pct(xs, .5)*1e3:8.2f} {pct(xs, .95)*1e3:8.2f} {statistics.mean(xs)*1e3:8.2f}")
+            print(f"{who:<10} {cmd:<4} {pct(xs, .5)*1e3:8.2f} {pct(xs, .95)*1e3:8.2f} {statistics.mean(xs)*1e3:8.2f}"
+                  f" {pct(cpu[who][cmd], .5)*1e3:11.2f}")
+    for what, v in floors.items():
+        print(f"floor: {what}: p50 {v*1e3:.2f} ms")
     for cmd in ("ADD", "DEL"):
         r = pct(res["netlab"][cmd], .5) / pct(res["reference"][cmd], .5)
         print(f"{cmd} p50 ratio netlab/reference: {r:.2f}")
