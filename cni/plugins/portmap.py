@@ -183,15 +183,22 @@ def container_ips(prev: dict, ifname: str) -> dict[int, ipaddress.IPv4Interface 
     An address whose "interface" index names a host-side interface, or an
     interface of another name, is skipped; one without an index is taken.
     """
-    ifaces = prev.get("interfaces") or []
+    ifaces = prev.get("interfaces")
+    ips = prev.get("ips")
+    ifaces, ips = [] if ifaces is None else ifaces, [] if ips is None else ips
+    if not isinstance(ifaces, list) or not isinstance(ips, list):
+        raise CNIError(DECODE_FAILURE, "could not parse prevResult", "interfaces and ips must be lists")
     out: dict = {}
-    for ip in prev.get("ips") or []:
-        addr = ipaddress.ip_interface(ip["address"])
+    for ip in ips:
+        try:
+            addr = ipaddress.ip_interface(ip["address"])
+        except (TypeError, KeyError, ValueError):
+            raise CNIError(DECODE_FAILURE, "could not parse prevResult", f"invalid IP configuration {ip!r}") from None
         if addr.version in out:
             continue
         idx = ip.get("interface")
         if isinstance(idx, int) and 0 <= idx < len(ifaces):
-            iface = ifaces[idx]
+            iface = ifaces[idx] if isinstance(ifaces[idx], dict) else {}
             if iface.get("name") != ifname or not iface.get("sandbox"):
                 continue
         out[addr.version] = addr

@@ -78,6 +78,10 @@ def test_container_ips_as_parse_config_picks_them():
     got = portmap.container_ips(prev, "eth0")
     assert {k: str(v) for k, v in got.items()} == {4: "10.66.1.2/24", 6: "fd00::2/64"}
     assert portmap.container_ips({"ips": []}, "eth0") == {}
+    for bad in ({"ips": [{"address": "10.1.2.3"}, {"address": "x"}]}, {"ips": [{}]}, {"ips": ["10.0.0.1/24"]}, {"ips": {}}):
+        with pytest.raises(CNIError) as e:
+            portmap.container_ips(bad, "eth0")
+        assert (e.value.code, e.value.msg) == (6, "could not parse prevResult")
 
 
 def test_split_ports_at_multiports_limit():
