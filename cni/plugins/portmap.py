@@ -40,9 +40,13 @@ tests/integration/test_cni_portmap.py):
   spec's codes here: 7 for an invalid option, 6 for a field of the wrong
   JSON type; the messages are the reference's.
 - netlab rejects before touching anything what the reference only fails on
-  in iptables, after part of the rules exist: ports above 65535, protocols
-  other than tcp/udp/sctp, a hostIP that is not an address. A mapping
-  without "protocol" is tcp (CONVENTIONS.md's portMappings); 1.1.1 fails on it.
+  in iptables, after part of the rules exist (ports above 65535, protocols
+  other than tcp/udp/sctp), or quietly maps to nothing (a hostIP that is
+  not an address: "not IPv4" to Go, so an IPv4 pod gets no rules for it).
+  A mapping without "protocol" is tcp (CONVENTIONS.md's portMappings);
+  1.1.1 fails on it.
+- the JSON keys are matched exactly; Go's encoding/json would also take
+  them in another case ("MarkMasqBit").
 - the pod's chain is rebuilt on a repeated ADD (the reference only adds
   rules that are missing and keeps stale ones).
 - CHECK is the later reference's: the chain, its rules and its jumps must

@@ -219,18 +219,36 @@ def test_invalid_options_code_7_nothing_left(options, msg, nss, bindir, tmp_path
         assert not [l for l in before["v4"] + before["v6"] if "CNI-HOSTPORT" in l or "CNI-DN" in l]
 
 
+# Mappings netlab refuses before anything is made, and what the reference 1.1.1 does with them:
+# "fails" in iptables after the shared chains were made, or "ignores" the mapping's rules.
+REFUSED = [
+    ({"hostPort": 70000, "containerPort": 80, "protocol": "tcp"}, 7, "fails"),
+    ({"hostPort": 80, "containerPort": 80, "protocol": "gre"}, 7, "fails"),
+    ({"hostPort": 80, "containerPort": 80, "protocol": "tcp", "hostIP": "node1"}, 7, "ignores"),  # IPv4 pod: skipped as "IPv6"
+    ({"hostPort": "80", "containerPort": 80, "protocol": "tcp"}, 6, "fails"),  # a JSON decoding error there too
+]
+
+
 def test_ours_refuses_what_iptables_would_fail_on_and_leaves_nothing(nss, bindir, tmp_path):
+    for i, (pm, code, theirs) in enumerate(REFUSED):
+        rnode, rpod = nss.new(f"rn{i}"), nss.new(f"rp{i}")
+        rrt = Runtime(cni_path=[bindir, REF], host_netns=rnode)
+        rconf = make_conf(THEIRS, str(tmp_path / f"r{i}"))
+        rprev = rrt.add({**rconf, "plugins": rconf["plugins"][:1]}, "pmctr", netns.path(rpod))
+        if theirs == "fails":
+            with pytest.raises(Exception):
+                portmap_only(rrt, rconf, "ADD", "pmctr", rpod, rprev, {"portMappings": [pm]})
+        else:
+            portmap_only(rrt, rconf, "ADD", "pmctr", rpod, rprev, {"portMappings": [pm]})
+            assert not [l for l in nat(rnode, 4) if l.startswith("-A CNI-DN-")]
     node, pod = nss.new("n"), nss.new("p")
     rt = Runtime(cni_path=[bindir, REF], host_netns=node)
     conf = make_conf(OURS, str(tmp_path / "o"), v6=True)
     prev = rt.add({**conf, "plugins": conf["plugins"][:1]}, "pmctr", netns.path(pod))
     before = snapshot(node)
-    for pms, code in (([{"hostPort": 70000, "containerPort": 80, "protocol": "tcp"}], 7),
-                      ([{"hostPort": 80, "containerPort": 80, "protocol": "gre"}], 7),
-                      ([{"hostPort": 80, "containerPort": 80, "hostIP": "node1"}], 7),
-                      ([{"hostPort": "80", "containerPort": 80}], 6)):
+    for pm, code, _theirs in REFUSED:
         with pytest.raises(Exception) as e:
-            portmap_only(rt, conf, "ADD", "pmctr", pod, prev, {"portMappings": pms})
+            portmap_only(rt, conf, "ADD", "pmctr", pod, prev, {"portMappings": [pm]})
         assert e.value.code == code
         assert snapshot(node) == before
     # An externalSetMarkChain that does not exist: iptables refuses the transaction; the pod's chain is not left.
@@ -458,3 +476,34 @@ def test_repeated_add_rebuilds_the_chain_in_place(nss, bindir, tmp_path):
     assert [l.split(" --dport ")[1] for l in lines if l.startswith(f"-A {ch} ")] == [
         "9000 -j CNI-HOSTPORT-SETMARK", "9000 -j CNI-HOSTPORT-SETMARK", "9000 -j DNAT --to-destination 10.66.1.10:90",
         "9001 -j CNI-HOSTPORT-SETMARK", "9001 -j CNI-HOSTPORT-SETMARK", "9001 -j DNAT --to-destination 10.66.1.10:91"]
+
+
+def test_missing_protocol_is_tcp(nss, bindir, tmp_path):
+    """CONVENTIONS.md's portMappings default protocol; the reference 1.1.1 fails on it (iptables -p "")."""
+    no_proto = [{"hostPort": 8080, "containerPort": 80}]
+    ref = run_side(nss, bindir, tmp_path, {"pms": [dict(no_proto[0], protocol="tcp")]}, "r")
+    ours = run_side(nss, bindir, tmp_path, {"pms": no_proto}, "o")
+    assert ours == ref
+    node, pod = nss.new("rx"), nss.new("px")
+    rt = Runtime(cni_path=[bindir, REF], host_netns=node)
+    with pytest.raises(Exception):
+        rt.add(make_conf(THEIRS, str(tmp_path / "rx")), "pmctr", netns.path(pod), runtime_config={"portMappings": no_proto})
+
+
+def test_in_process_api_makes_the_same_rules_as_the_executable(nss, bindir, tmp_path):
+    """The lab's path (cni.api, the node's namespace handed in as host_netns) and the exec'd one."""
+    from cni import api
+
+    rc = {"portMappings": MIXED}
+    node, pod = nss.new("xn"), nss.new("xp")
+    conf = make_conf(OURS, str(tmp_path / "x"), v6=True)
+    Runtime(cni_path=[bindir, REF], host_netns=node).add(conf, "pmctr", netns.path(pod), runtime_config=rc)
+    exec_rules = snapshot(node)
+    inode, ipod = nss.new("in"), nss.new("ip")
+    conf = make_conf(OURS, str(tmp_path / "i"), v6=True)
+    prev = api.add(conf, container_id="pmctr", netns=netns.path(ipod), host_netns=inode, runtime_config=rc)
+    assert snapshot(inode) == exec_rules
+    api.check(conf, container_id="pmctr", netns=netns.path(ipod), prev_result=prev, host_netns=inode, runtime_config=rc)
+    api.delete(conf, container_id="pmctr", netns=netns.path(ipod), host_netns=inode, runtime_config=rc)
+    assert not [l for l in nat(inode, 4) + nat(inode, 6) if "CNI-DN-" in l]
+    api.forget(inode)
