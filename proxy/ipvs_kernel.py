@@ -1,9 +1,10 @@
 """IPVS mode, the kernel half: apply an IpvsPlan inside one node's namespace.
 
-Everything goes through the node's own netlink sockets (pyroute2's IPVS
-generic-netlink socket and IPRoute, opened inside the namespace, no fork per
-call) except ipset and iptables, which take their text transactions as
-kube-proxy feeds them (`ipset restore`, `iptables-restore --noflush`).
+Everything goes through the node's own netlink sockets (generic netlink for
+IPVS, rtnetlink for kube-ipvs0's addresses, opened inside the namespace, no
+fork per call) except ipset and iptables, which take their text
+transactions as kube-proxy feeds them (`ipset restore`, `iptables-restore
+--noflush`).
 
 Each sync diffs against what the kernel has, as kube-proxy's syncService /
 syncEndpoint / cleanLegacyService: a virtual server is added, changed or
@@ -12,11 +13,18 @@ goes away drains first (weight 0 until its connections are gone, then
 deleted by a later sync: kube-proxy's graceful termination); addresses on
 kube-ipvs0 are bound and unbound by difference; ipset entries by difference.
 
-pyroute2 0.9.7's IPVSService/IPVSDest helpers are bypassed for the
-messages themselves: its "update" command maps to IPVS_CMD_DEL_SERVICE, its
-IPVSDest defaults to direct routing (fwd_method 3), and `from_message`
-mixes raw and friendly keys. The messages below carry exactly the
-attributes ipvsadm and moby/ipvs (kube-proxy's library) send.
+The changes go to the kernel in batches (proxy/nlbatch.py): many requests
+per sendmsg, each failure mapped back to its object. kube-proxy makes one
+netlink round trip per virtual server, real server and address; in Python
+that round trip was the whole sync (30 s at 1k services in the TCG guest,
+pyroute2's message objects and an asyncio turn per request). A failed
+request fails only its object; the sync reports every failed one and
+raises, so the loop's next sync is a full one, as before.
+
+pyroute2's IPVS helpers are not used for the messages themselves (its
+"update" maps to IPVS_CMD_DEL_SERVICE, its IPVSDest defaults to direct
+routing): proxy/ipvs_batch.py builds exactly what ipvsadm and moby/ipvs
+(kube-proxy's library) send.
 """
 
 from __future__ import annotations
@@ -35,36 +43,55 @@ from proxy.backend import SyncError, SyncResult
 from proxy.ipvs import (
     DEFAULT_SCHEDULER,
     DUMMY_DEVICE,
-    FLAG_PERSISTENT,
     GRACEFUL_TIMEOUT,
     IpvsPlan,
     RealServer,
     VirtualServer,
-    diff_real_servers,
     iptables_text,
     missing_jumps,
     plan,
     sysctls_for_kernel,
 )
+from proxy.ipvs_batch import (
+    CMD_FLUSH,
+    GENL_NAME,
+    GENL_VERSION,
+    RTM_DELADDR,
+    RTM_GETADDR,
+    RTM_NEWADDR,
+    Op,
+    Table,
+    addr_body,
+    diff_table,
+    dump_addrs_body,
+    dump_dests_body,
+    dump_services_body,
+    parse_addr,
+    parse_dest,
+    parse_proc_ip_vs,
+    parse_service,
+)
 from proxy.model import ProxyState, ServicePortName
+from proxy.nlbatch import NLM_F_CREATE, NLM_F_EXCL, BatchSocket, NetlinkError, errno_name, genl_body
 
-_PROTO = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
-_PROTO_NAME = {v: k for k, v in _PROTO.items()}
-FWD_MASQ = 0  # IP_VS_CONN_F_MASQ: NAT, as kube-proxy's real servers
+NETLINK_GENERIC = 16
+NETLINK_ROUTE = 0
 
 
 def ipvs_unavailable_reason(name: str) -> str | None:
     """Why IPVS cannot be used in namespace `name` (None: it can).
 
-    The IPVS generic-netlink family exists only once ip_vs is loaded; opening
-    the socket asks the kernel for it (and autoloads the module where
-    modules can be loaded). The dummy link type is checked the same way.
+    The IPVS generic-netlink family exists only once ip_vs is loaded; asking
+    the kernel for it autoloads the module where modules can be loaded. The
+    dummy link type is checked the same way.
     """
+    k = KernelIpvs(name)
     try:
-        sock = _ipvs_socket(name)
+        k._s()
     except Exception as e:  # noqa: BLE001 - any failure means "no IPVS here"
         return f"kernel {os.uname().release} has no IPVS (generic netlink family IPVS: {e})"
-    sock.close()
+    finally:
+        k.close()
     try:
         with netns.iproute(name) as ipr:
             ipr.link("add", ifname="nltestdummy0", kind="dummy")
@@ -74,11 +101,36 @@ def ipvs_unavailable_reason(name: str) -> str | None:
     return None
 
 
-def _ipvs_socket(name: str):
-    from pyroute2 import IPVS
+def open_batch_socket(netns_name: str, protocol: int) -> BatchSocket:
+    """A netlink socket living in `netns_name` (it stays there whatever thread uses it)."""
+    return BatchSocket.open(protocol, lambda *a: netns.socket_in(netns_name, *a))
 
-    with netns.entered(name):
-        return IPVS()
+
+class PerCallIpvs:
+    """The table read and changed one call per object, for tables that are not a kernel (test fakes).
+
+    Subclasses give services(), real_servers(vs) and the add/update/delete
+    calls; this turns them into the snapshot/apply interface the sync uses.
+    """
+
+    _METHODS = {"add-vs": "add_service", "update-vs": "update_service", "delete-vs": "delete_service",
+                "add-rs": "add_real_server", "update-rs": "update_real_server",
+                "quiesce-rs": "update_real_server", "delete-rs": "delete_real_server"}
+
+    def snapshot(self) -> Table:
+        return {key: (vs, set(self.real_servers(vs))) for key, vs in self.services().items()}
+
+    def apply(self, ops: list[Op]) -> list[int]:
+        """Each op's errno (0: done)."""
+        codes = []
+        for op in ops:
+            fn = getattr(self, self._METHODS[op.kind])
+            try:
+                fn(op.vs) if op.rs is None else fn(op.vs, op.rs)
+                codes.append(0)
+            except OSError as e:
+                codes.append(e.errno or errno.EIO)
+        return codes
 
 
 @dataclass
@@ -86,11 +138,18 @@ class KernelIpvs:
     """The IPVS table of one namespace, read and changed through generic netlink."""
 
     netns_name: str
-    _sock: object = field(default=None, init=False, repr=False)
+    _sock: BatchSocket | None = field(default=None, init=False, repr=False)
+    _family: int = field(default=0, init=False, repr=False)
 
-    def _s(self):
+    def _s(self) -> BatchSocket:
         if self._sock is None:
-            self._sock = _ipvs_socket(self.netns_name)
+            sock = open_batch_socket(self.netns_name, NETLINK_GENERIC)
+            try:
+                self._family = sock.genl_family(GENL_NAME)
+            except Exception:
+                sock.close()
+                raise
+            self._sock = sock
         return self._sock
 
     def close(self) -> None:
@@ -98,144 +157,75 @@ class KernelIpvs:
             self._sock.close()
             self._sock = None
 
-    def _req(self, cmd: int, attrs: list, flags: int):
-        from pyroute2.netlink.generic import ipvs as g
-
-        s = self._s()
-        msg = g.ipvsmsg()
-        msg["cmd"] = cmd
-        msg["version"] = g.GENL_VERSION
-        msg["attrs"] = attrs
-        return s._run_with_cleanup(s.asyncore._do_request, msg, flags)
-
-    @staticmethod
-    def _svc_key(vs: VirtualServer) -> dict:
-        return {
-            "attrs": [
-                ("IPVS_SVC_ATTR_AF", socket.AF_INET),
-                ("IPVS_SVC_ATTR_PROTOCOL", _PROTO[vs.protocol]),
-                ("IPVS_SVC_ATTR_ADDR", vs.address),
-                ("IPVS_SVC_ATTR_PORT", vs.port),
-            ]
-        }
-
-    @classmethod
-    def _svc_full(cls, vs: VirtualServer) -> dict:
-        flags = FLAG_PERSISTENT if vs.persistent_timeout else 0
-        return {
-            "attrs": cls._svc_key(vs)["attrs"]
-            + [
-                ("IPVS_SVC_ATTR_SCHED_NAME", vs.scheduler),
-                ("IPVS_SVC_ATTR_FLAGS", {"flags": flags, "mask": 0xFFFFFFFF}),
-                ("IPVS_SVC_ATTR_TIMEOUT", vs.persistent_timeout),
-                ("IPVS_SVC_ATTR_NETMASK", "255.255.255.255"),
-            ]
-        }
-
-    @staticmethod
-    def _dest(rs: RealServer) -> dict:
-        return {
-            "attrs": [
-                ("IPVS_DEST_ATTR_ADDR_FAMILY", socket.AF_INET),
-                ("IPVS_DEST_ATTR_ADDR", rs.address),
-                ("IPVS_DEST_ATTR_PORT", rs.port),
-                ("IPVS_DEST_ATTR_FWD_METHOD", FWD_MASQ),
-                ("IPVS_DEST_ATTR_WEIGHT", rs.weight),
-                ("IPVS_DEST_ATTR_U_THRESH", 0),
-                ("IPVS_DEST_ATTR_L_THRESH", 0),
-            ]
-        }
-
     # -- reads -----------------------------------------------------------------
 
     def services(self) -> dict[tuple[str, str, int], VirtualServer]:
-        from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
-        from pyroute2.netlink.generic import ipvs as g
-
+        """Every IPv4 address:port virtual server (one dump: kube-proxy's GetVirtualServers)."""
+        s = self._s()
         out = {}
-        for m in self._req(g.IPVS_CMD_GET_SERVICE, [], NLM_F_REQUEST | NLM_F_DUMP):
-            s = m.get("IPVS_CMD_ATTR_SERVICE")
-            if s.get("IPVS_SVC_ATTR_FWMARK") or s.get("IPVS_SVC_ATTR_AF") != socket.AF_INET:
-                continue
-            flags = (s.get("IPVS_SVC_ATTR_FLAGS") or {}).get("flags", 0)
-            vs = VirtualServer(
-                address=s.get("IPVS_SVC_ATTR_ADDR"),
-                protocol=_PROTO_NAME.get(s.get("IPVS_SVC_ATTR_PROTOCOL"), str(s.get("IPVS_SVC_ATTR_PROTOCOL"))),
-                port=s.get("IPVS_SVC_ATTR_PORT"),
-                scheduler=s.get("IPVS_SVC_ATTR_SCHED_NAME"),
-                persistent_timeout=s.get("IPVS_SVC_ATTR_TIMEOUT") if flags & FLAG_PERSISTENT else 0,
-            )
-            out[vs.key] = vs
+        for m in s.dump(self._family, dump_services_body()):
+            vs = parse_service(m)
+            if vs is not None:
+                out[vs.key] = vs
         return out
 
     def real_servers(self, vs: VirtualServer) -> set[RealServer]:
-        from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
-        from pyroute2.netlink.generic import ipvs as g
-
-        out = set()
-        for m in self._req(g.IPVS_CMD_GET_DEST, [("IPVS_CMD_ATTR_SERVICE", self._svc_key(vs))],
-                           NLM_F_REQUEST | NLM_F_DUMP):
-            d = m.get("IPVS_CMD_ATTR_DEST")
-            out.add(RealServer(d.get("IPVS_DEST_ATTR_ADDR"), d.get("IPVS_DEST_ATTR_PORT"),
-                               d.get("IPVS_DEST_ATTR_WEIGHT"),
-                               active_conns=d.get("IPVS_DEST_ATTR_ACTIVE_CONNS") or 0,
-                               inactive_conns=d.get("IPVS_DEST_ATTR_INACT_CONNS") or 0))
-        return out
+        """One virtual server's real servers, with connection counts (one dump: GetRealServers)."""
+        s = self._s()
+        return {rs for rs in (parse_dest(m) for m in s.dump(self._family, dump_dests_body(vs))) if rs}
 
     def table(self) -> dict[VirtualServer, set[RealServer]]:
-        """The whole IPVS table (as `ipvsadm -Ln`)."""
+        """The whole IPVS table (as `ipvsadm -Ln`), read through netlink only."""
         return {vs: self.real_servers(vs) for vs in self.services().values()}
+
+    def snapshot(self) -> Table:
+        """virtual server key -> (virtual server, its real servers): what a sync diffs against.
+
+        The virtual servers from one netlink dump; all real servers from one
+        read of /proc/net/ip_vs (this namespace's), instead of one dump per
+        virtual server. Without that file, the dumps.
+        """
+        services = self.services()
+        try:
+            with netns.entered(self.netns_name), open("/proc/thread-self/net/ip_vs") as f:
+                dests = parse_proc_ip_vs(f.read())
+        except FileNotFoundError:
+            return {key: (vs, self.real_servers(vs)) for key, vs in services.items()}
+        return {key: (vs, dests.get(key, set())) for key, vs in services.items()}
 
     # -- writes ----------------------------------------------------------------
 
-    def _write(self, cmd: int, attrs: list, ok_errnos: tuple[int, ...] = ()) -> None:
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-        from pyroute2.netlink.exceptions import NetlinkError
+    def apply(self, ops: list[Op]) -> list[int]:
+        """Send the changes in batches, in order; each op's errno (0: done, or already so)."""
+        s = self._s()
+        codes = s.batch([(self._family, op.flags(), op.body()) for op in ops])
+        return [0 if c == op.ok_errno else c for op, c in zip(ops, codes)]
 
-        try:
-            self._req(cmd, attrs, NLM_F_REQUEST | NLM_F_ACK)
-        except NetlinkError as e:
-            if e.code not in ok_errnos:
-                raise
+    def _one(self, op: Op) -> None:
+        code = self.apply([op])[0]
+        if code:
+            raise NetlinkError(code, f"{op}: {errno_name(code)}")
 
     def add_service(self, vs: VirtualServer) -> None:
-        from pyroute2.netlink.generic import ipvs as g
-
-        self._write(g.IPVS_CMD_NEW_SERVICE, [("IPVS_CMD_ATTR_SERVICE", self._svc_full(vs))])
+        self._one(Op("add-vs", vs))
 
     def update_service(self, vs: VirtualServer) -> None:
-        from pyroute2.netlink.generic import ipvs as g
-
-        self._write(g.IPVS_CMD_SET_SERVICE, [("IPVS_CMD_ATTR_SERVICE", self._svc_full(vs))])
+        self._one(Op("update-vs", vs))
 
     def delete_service(self, vs: VirtualServer) -> None:
-        from pyroute2.netlink.generic import ipvs as g
-
-        self._write(g.IPVS_CMD_DEL_SERVICE, [("IPVS_CMD_ATTR_SERVICE", self._svc_key(vs))], (errno.ESRCH,))
+        self._one(Op("delete-vs", vs))
 
     def add_real_server(self, vs: VirtualServer, rs: RealServer) -> None:
-        from pyroute2.netlink.generic import ipvs as g
-
-        self._write(g.IPVS_CMD_NEW_DEST,
-                    [("IPVS_CMD_ATTR_SERVICE", self._svc_key(vs)), ("IPVS_CMD_ATTR_DEST", self._dest(rs))])
+        self._one(Op("add-rs", vs, rs))
 
     def update_real_server(self, vs: VirtualServer, rs: RealServer) -> None:
-        from pyroute2.netlink.generic import ipvs as g
-
-        self._write(g.IPVS_CMD_SET_DEST,
-                    [("IPVS_CMD_ATTR_SERVICE", self._svc_key(vs)), ("IPVS_CMD_ATTR_DEST", self._dest(rs))])
+        self._one(Op("update-rs", vs, rs))
 
     def delete_real_server(self, vs: VirtualServer, rs: RealServer) -> None:
-        from pyroute2.netlink.generic import ipvs as g
-
-        self._write(g.IPVS_CMD_DEL_DEST,
-                    [("IPVS_CMD_ATTR_SERVICE", self._svc_key(vs)), ("IPVS_CMD_ATTR_DEST", self._dest(rs))],
-                    (errno.ENOENT,))
+        self._one(Op("delete-rs", vs, rs))
 
     def flush(self) -> None:
-        from pyroute2.netlink.generic import ipvs as g
-
-        self._write(g.IPVS_CMD_FLUSH, [])
+        self._s().request(self._family, 0, genl_body(CMD_FLUSH, GENL_VERSION, b""))
 
 
 @dataclass
@@ -257,9 +247,24 @@ class IpvsChanges:
     def total(self) -> int:
         return sum(vars(self).values())
 
+    _FIELD = {"add-vs": "services_added", "update-vs": "services_updated", "delete-vs": "services_deleted",
+              "add-rs": "real_servers_added", "update-rs": "real_servers_updated",
+              "quiesce-rs": "real_servers_quiesced", "delete-rs": "real_servers_deleted"}
+
+    def count(self, op: Op) -> None:
+        name = self._FIELD[op.kind]
+        setattr(self, name, getattr(self, name) + 1)
+
+
+def failures_text(what: str, failed: list[tuple[object, int]], limit: int = 20) -> str:
+    """One line per failed object (the first `limit`), for the SyncError."""
+    lines = [f"{obj}: {errno_name(code)}" for obj, code in failed[:limit]]
+    more = f"\n  ... and {len(failed) - limit} more" if len(failed) > limit else ""
+    return f"{len(failed)} {what} failed:\n  " + "\n  ".join(lines) + more
+
 
 def sync_ipvs_table(
-    k: KernelIpvs,
+    k: KernelIpvs | PerCallIpvs,
     p: IpvsPlan,
     changes: IpvsChanges,
     terminating: Mapping[tuple[str, str, int], Mapping[tuple[str, int], float]] | None = None,
@@ -271,40 +276,21 @@ def sync_ipvs_table(
     Real servers that go away drain first (diff_real_servers); `terminating`
     is who was draining after the last sync, and the return value who is
     draining now. A virtual server that goes away is deleted at once, with
-    its real servers, as kube-proxy's cleanLegacyService.
+    its real servers, as kube-proxy's cleanLegacyService. Every change is
+    tried; `changes` counts the ones done, and any that failed raise one
+    SyncError naming each (the caller's next sync is then a full one).
     """
-    terminating = terminating or {}
-    draining: dict[tuple[str, str, int], dict[tuple[str, int], float]] = {}
-    current = k.services()
-    for key, want in sorted(p.virtual_servers.items()):
-        have = current.get(key)
-        if have is None:
-            k.add_service(want)
-            changes.services_added += 1
-            have_rs: set[RealServer] = set()
+    d = diff_table(p, k.snapshot(), terminating or {}, now, timeout)
+    codes = k.apply(d.ops)
+    failed = []
+    for op, code in zip(d.ops, codes):
+        if code:
+            failed.append((op, code))
         else:
-            if have != want:
-                k.update_service(want)
-                changes.services_updated += 1
-            have_rs = k.real_servers(want)
-        d = diff_real_servers(want, p.real_servers[key], have_rs, terminating.get(key, {}), now, timeout)
-        for rs in d.add:
-            k.add_real_server(want, rs)
-        for rs in d.update + d.quiesce:
-            k.update_real_server(want, rs)
-        for rs in d.delete:
-            k.delete_real_server(want, rs)
-        changes.real_servers_added += len(d.add)
-        changes.real_servers_updated += len(d.update)
-        changes.real_servers_quiesced += len(d.quiesce)
-        changes.real_servers_deleted += len(d.delete)
-        if d.terminating:
-            draining[key] = d.terminating
-    for key, have in sorted(current.items()):
-        if key not in p.virtual_servers:
-            k.delete_service(have)
-            changes.services_deleted += 1
-    return draining
+            changes.count(op)
+    if failed:
+        raise SyncError(failures_text("IPVS changes", failed))
+    return d.draining
 
 
 def _run(name: str, argv: list[str], text_in: str | None = None) -> subprocess.CompletedProcess:
@@ -337,48 +323,68 @@ class IpvsBackend:
         # The graceful termination list: virtual server -> real server -> draining since.
         self.terminating: dict[tuple[str, str, int], dict[tuple[str, int], float]] = {}
         self.kernel = KernelIpvs(netns_name)
+        self._rtnl: BatchSocket | None = None
         self._initialized = False
         self.last_changes = IpvsChanges()
 
     # -- one-time node set-up (NewProxier) ---------------------------------------------------
 
     def _init_node(self) -> None:
-        # Opening the IPVS netlink socket loads ip_vs (where modules load); its
+        # Asking for the IPVS netlink family loads ip_vs (where modules load); its
         # net.ipv4.vs.* sysctls exist only from then on.
         self.kernel._s()
         for key, value in sysctls_for_kernel(os.uname().release):
             netns.write_sysctl(self.netns_name, key, value)
+        self._initialized = True
+
+    def _dummy_index(self) -> int:
+        """kube-ipvs0's ifindex, creating it if it is missing (kube-proxy's EnsureDummyDevice, every sync)."""
+        try:
+            with netns.entered(self.netns_name):
+                return socket.if_nametoindex(DUMMY_DEVICE)
+        except OSError:
+            pass
         with netns.iproute(self.netns_name) as ipr:
             if not ipr.link_lookup(ifname=DUMMY_DEVICE):
-                # kube-proxy's EnsureDummyDevice: created, left down; its addresses
-                # still get local routes, which is all IPVS needs.
+                # Created, left down; its addresses still get local routes, which is all IPVS needs.
                 ipr.link("add", ifname=DUMMY_DEVICE, kind="dummy")
-        self._initialized = True
+            return ipr.link_lookup(ifname=DUMMY_DEVICE)[0]
 
     # -- Backend -------------------------------------------------------------------------------
 
     def sync(self, state: ProxyState, changed: set[ServicePortName] | None) -> SyncResult:
-        from pyroute2.netlink.exceptions import NetlinkError
+        t0 = mark = time.perf_counter()
+        phases: dict[str, int] = {}  # where the sync's time went, per step (SyncResult.details)
 
-        t0 = time.perf_counter()
+        def phase(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            phases[f"{name}_ms"] = int((now - mark) * 1000)
+            mark = now
+
         if not self._initialized:
             self._init_node()
         p = plan(state, self.scheduler)
         ch = IpvsChanges()
+        phase("plan")
         try:
             # 1. ipsets first: the iptables rules reference every set.
             current_sets = ipset.parse_save(_checked(self.netns_name, ["ipset", "save"]))
             text, ch.ipset_entries_changed = ipset.restore_text(p.ipsets, current_sets)
             _checked(self.netns_name, ["ipset", "restore"], text)
+            phase("ipset")
             # 2. iptables: KUBE-* chains rewritten (declared = flushed), jumps ensured.
             save = _checked(self.netns_name, ["iptables-save"])
             rules = iptables_text(state.node, p.nonempty_sets(), missing_jumps(save))
             _checked(self.netns_name, ["iptables-restore", "--noflush"], rules)
+            phase("iptables")
             # 3. addresses on kube-ipvs0, then the IPVS table.
             self._sync_addresses(p.bound_addresses, ch)
+            phase("addresses")
             self.terminating = sync_ipvs_table(self.kernel, p, ch, self.terminating, self.clock(),
                                                self.graceful_timeout)
-        except NetlinkError as e:
+            phase("ipvs")
+        except OSError as e:  # a netlink socket failed as a whole (not one object)
             raise SyncError(f"IPVS sync in {self.netns_name}: {e}") from e
         self.last_changes = ch
         return SyncResult(
@@ -387,24 +393,43 @@ class IpvsBackend:
             chains=p.iptables.count("\n:"),
             details={k: v for k, v in vars(ch).items()}
             | {"virtual_servers": len(p.virtual_servers), "sync_ms": int((time.perf_counter() - t0) * 1000),
-               "real_servers_terminating": sum(len(v) for v in self.terminating.values())},
+               "real_servers_terminating": sum(len(v) for v in self.terminating.values())} | phases,
         )
 
+    def _rtnl_socket(self) -> BatchSocket:
+        if self._rtnl is None:
+            self._rtnl = open_batch_socket(self.netns_name, NETLINK_ROUTE)
+        return self._rtnl
+
     def _sync_addresses(self, want: set[str], ch: IpvsChanges) -> None:
-        with netns.iproute(self.netns_name) as ipr:
-            idx = ipr.link_lookup(ifname=DUMMY_DEVICE)[0]
-            have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET)}
-            for ip in sorted(want - have):
-                ipr.addr("add", index=idx, address=ip, prefixlen=32)
+        """Bind and unbind service addresses on kube-ipvs0 by difference, in batches.
+
+        kube-proxy's syncService binds each with netlink's AddrAdd (one round
+        trip each) and unbinds the ones no service uses any more.
+        """
+        idx = self._dummy_index()
+        s = self._rtnl_socket()
+        have = {ip for ip in (parse_addr(m, idx) for m in s.dump(RTM_GETADDR, dump_addrs_body())) if ip}
+        # (what, address, request, flags, the errno that means "already so")
+        changes = ([("bind", ip, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, errno.EEXIST) for ip in sorted(want - have)]
+                   + [("unbind", ip, RTM_DELADDR, 0, errno.EADDRNOTAVAIL) for ip in sorted(have - want)])
+        codes = s.batch([(kind, flags, addr_body(idx, ip)) for _, ip, kind, flags, _ in changes])
+        failed = []
+        for (what, ip, _, _, already), code in zip(changes, codes):
+            if code and code != already:
+                failed.append((f"{what} {ip} on {DUMMY_DEVICE}", code))
+            elif what == "bind":
                 ch.addresses_bound += 1
-            for ip in sorted(have - want):
-                ipr.addr("del", index=idx, address=ip, prefixlen=32)
+            else:
                 ch.addresses_unbound += 1
+        if failed:
+            raise SyncError(failures_text("address changes", failed))
 
     def cleanup(self) -> None:
         """kube-proxy --cleanup for IPVS mode: IPVS table, kube-ipvs0, KUBE-* chains, ipsets."""
         with_netlink_errors_ignored(self.kernel.flush)
         self.kernel.close()
+        self._close_rtnl()
         self.terminating = {}
         with netns.iproute(self.netns_name) as ipr:
             for idx in ipr.link_lookup(ifname=DUMMY_DEVICE):
@@ -417,8 +442,14 @@ class IpvsBackend:
                 _run(self.netns_name, ["ipset", "destroy", s.name])
         self._initialized = False
 
+    def _close_rtnl(self) -> None:
+        if self._rtnl is not None:
+            self._rtnl.close()
+            self._rtnl = None
+
     def close(self) -> None:
         self.kernel.close()
+        self._close_rtnl()
 
 
 def with_netlink_errors_ignored(fn) -> None:

@@ -13,6 +13,7 @@ from proxy.ipvs import (
     plan,
     sysctls_for_kernel,
 )
+from proxy.ipvs_kernel import PerCallIpvs
 from proxy.model import Endpoint, NodeContext, ProxyState, ServicePort, ServicePortName
 
 WEB = ServicePortName("default", "web", "http", "TCP")
@@ -172,7 +173,7 @@ spec:
 # -- the sync against a kernel: a fake one with ipvsadm's counters -----------------------------------
 
 
-class FakeIpvs:
+class FakeIpvs(PerCallIpvs):
     """KernelIpvs's interface over dicts; `conns` sets what the kernel would count per real server."""
 
     def __init__(self) -> None:

@@ -9,6 +9,7 @@ NETLAB_IN_VM=1, and writes no bytecode into the shared repo.
 
     python -m tests.vm.runner [pytest args...]      # default: the IPVS subset
     python -m tests.vm.runner --bench [bench/dataplane.py args...]
+    python -m tests.vm.runner --shell 'CMD'          # one command, e.g. '$PY tests/vm/profile_ipvs_sync.py'
 
 Exit status is the inner pytest's (124: the VM timed out).
 """
@@ -89,6 +90,9 @@ def main(argv: list[str]) -> int:
         # bench/dataplane.py inside the guest: IPVS against iptables in the same VM.
         r = run_shell(f"exec {shlex.quote(sys.executable)} bench/dataplane.py "
                       + " ".join(shlex.quote(a) for a in argv[1:]), timeout=3000)
+    elif argv[:1] == ["--shell"]:
+        # $PY is the host's interpreter (the repo's venv), at the same path in the guest.
+        r = run_shell(f"PY={shlex.quote(sys.executable)}; " + " ".join(argv[1:]), timeout=3000)
     else:
         r = run(argv or None)
     sys.stdout.write(r.output)
