@@ -389,7 +389,7 @@ def add(conf: dict, args: skel.Args) -> dict:
     try:
         for family in (4, 6):
             if family in ips:
-                _forward(cfg, args, plan(cfg, args.container_id, ips[family]), ips[family])
+                _forward(args, plan(cfg, args.container_id, ips[family]), ips[family])
                 # After the rules, so new packets meet them: failures are informative only.
                 flush_udp_conntrack(args, cfg.mappings, family)
     except BaseException:
@@ -399,7 +399,8 @@ def add(conf: dict, args: skel.Args) -> dict:
     return prev
 
 
-def _forward(cfg: PortMapConf, args: skel.Args, p: Plan, cont) -> None:
+def _forward(args: skel.Args, p: Plan, cont: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
+    """forwardPorts for one family: the rules in one transaction, then route_localnet."""
     with iptables.NetnsLock(args):
         iptables.restore(args, restore_text(p, iptables.save(args, "nat", p.family)), p.family)
     if p.route_localnet:
