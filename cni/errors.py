@@ -5,8 +5,6 @@ stdout and exits 1; the codes are the spec's well-known ones, so a runtime
 can tell "try again" from "your config is broken".
 """
 
-from __future__ import annotations
-
 # Well-known error codes (CNI SPEC.md, "Error").
 INCOMPATIBLE_VERSION = 1
 UNSUPPORTED_FIELD = 2

@@ -10,8 +10,6 @@ a decode error is exactly json's (a ValueError: the CNI "decode" error 6
 upstream). The reference plugins use Go's encoding/json.
 """
 
-from __future__ import annotations
-
 import _json
 
 _WS = " \t\n\r"  # json.decoder.WHITESPACE

@@ -5,10 +5,11 @@ config decoded from stdin, an error object on stdout with exit code 1.
 Imports stay minimal (stdlib C modules, no json/re/dataclasses/socket,
 no click/rich/scapy/pyroute2): a runtime pays this process start-up on
 every pod, and every module a call does not need is time added to it
-(BENCHMARKS.md, "CNI plugin").
+(BENCHMARKS.md, "CNI plugin"). The modules a DEL loads before it reaches
+the kernel (this one, fastjson, skel, errors, record, registry, bridge,
+netlink, nscache) also do without ``from __future__ import annotations``:
+`__future__` is one more module to load.
 """
-
-from __future__ import annotations
 
 import sys
 

@@ -17,8 +17,6 @@ Imports are the C modules only (`_socket`, not `socket`, which pulls
 printed): this module is on every exec'd plugin's start-up path.
 """
 
-from __future__ import annotations
-
 import _socket
 import errno
 import posix  # os's functions, without importing `os` (see cni.main)

@@ -11,8 +11,6 @@ whose path no longer leads to the same inode are closed on a periodic
 sweep, and `forget()` lets a caller that tears a node down drop them at once.
 """
 
-from __future__ import annotations
-
 import _thread
 import posix  # os.stat without importing `os` (see cni.main)
 

@@ -9,8 +9,6 @@ dataclasses gave the plugin code: a readable repr, field-wise equality,
 attribute assignment, as ``frozen=True`` did.
 """
 
-from __future__ import annotations
-
 
 class Record:
     """Fields are the ``__slots__`` of the class and its bases, in order."""

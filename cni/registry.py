@@ -7,8 +7,6 @@ carries MARKER in its first bytes, so a delegating plugin that found it on
 CNI_PATH knows it may run the same code in-process instead of forking.
 """
 
-from __future__ import annotations
-
 import sys
 
 TYPE_CHECKING = False

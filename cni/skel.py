@@ -8,8 +8,6 @@ CNI_* variables and stdin; `cni.api` feeds it from Python arguments; both
 end up in the same plugin code.
 """
 
-from __future__ import annotations
-
 from cni.errors import (
     CNIError,
     DECODE_FAILURE,

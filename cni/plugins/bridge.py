@@ -18,8 +18,6 @@ the veth's numtxqueues (1 allocated, as many in use as the reference's):
   RtNetlink.add_veth).
 """
 
-from __future__ import annotations
-
 import _thread
 import posix  # os's open/close/urandom, without importing `os` (see cni.main)
 
@@ -355,33 +353,61 @@ class _VethDeletion:
     released. The reference deletes the link, then execs host-local.
 
     The link is the pod's `ifname`, named in the pod namespace through its
-    nsid in the node's (IFLA_TARGET_NETNSID, RTM_GETNSID), as
+    nsid in the node's (RTM_GETNSID, then IFLA_TARGET_NETNSID), as
     `ip -n POD link del eth0` names it: no setns, no socket in the pod.
     A pod namespace that the node has no nsid for (no veth between them
     ever made one) is entered instead, as the reference does. A missing
     namespace, or one that is not a namespace, has nothing to delete.
+
+    The caller waits until the thread is about to send: a new thread gets
+    the GIL only when the running one blocks or after the switch interval
+    (5 ms), and the caller's next step (importing host-local) would hold it.
     """
 
     def __init__(self, host: RtNetlink | None, netns_path: str, ifname: str) -> None:
         self.host, self.path, self.ifname = host, netns_path, ifname
         self.error: BaseException | None = None
+        self.nsid: int | None = None  # None: nothing to delete
+        if netns_path:
+            self.nsid = self._nsid() if host is not None else NETNSA_NSID_NOT_ASSIGNED
         self._done = _thread.allocate_lock()
         self._done.acquire()
-        _thread.start_new_thread(self._run, ())
+        if self.nsid is None:
+            self._done.release()  # nothing to delete
+            return
+        sending = _thread.allocate_lock()
+        sending.acquire()
+        _thread.start_new_thread(self._run, (sending,))
+        sending.acquire()  # released by the thread right before its request
 
-    def _run(self) -> None:
+    def _nsid(self) -> int | None:
+        """The pod namespace's nsid in the node's; NOT_ASSIGNED if none; None if there is no namespace."""
+        assert self.host is not None
         try:
-            self._delete()
+            fd = posix.open(self.path, posix.O_RDONLY | posix.O_CLOEXEC)
+        except OSError:
+            return None  # no namespace (any more), and no veth with it
+        try:
+            return self.host.nsid_of(fd)
+        except NetlinkError:
+            return None  # not a network namespace
+        finally:
+            posix.close(fd)
+
+    def _run(self, sending: _thread.LockType) -> None:
+        try:
+            sending.release()
+            if self.host is not None and self.nsid is not None and self.nsid >= 0:
+                self.host.del_link_in(self.nsid, self.ifname)
+            else:
+                self._delete_inside()
         except BaseException as e:
             self.error = e
         finally:
             self._done.release()
 
-    def _delete(self) -> None:
-        if not self.path:
-            return
-        if self.host is not None and self._delete_by_nsid(self.host):
-            return
+    def _delete_inside(self) -> None:
+        """The reference's way: enter the pod namespace, delete `ifname` there."""
         from cni import podns
 
         pod = podns.try_open(self.path)
@@ -393,24 +419,6 @@ class _VethDeletion:
                 pod.del_link(link.index)
         finally:
             pod.close()
-
-    def _delete_by_nsid(self, host: RtNetlink) -> bool:
-        """Delete through the pod's nsid; False when the node knows no nsid for it."""
-        try:
-            fd = posix.open(self.path, posix.O_RDONLY | posix.O_CLOEXEC)
-        except OSError:
-            return True  # no namespace (any more), and no veth with it
-        try:
-            try:
-                nsid = host.nsid_of(fd)
-            except NetlinkError:
-                return True  # not a network namespace
-        finally:
-            posix.close(fd)
-        if nsid == NETNSA_NSID_NOT_ASSIGNED or nsid < 0:
-            return False
-        host.del_link_in(nsid, self.ifname)
-        return True
 
     def wait(self) -> BaseException | None:
         """Block until the deletion is over; its error, if it failed."""
