@@ -16,6 +16,11 @@ the plugin's flags and doing nothing, and the reference bridge answering
 VERSION (Go's start-up), exec'd the same way.
 
     sudo .venv/bin/python bench/cni.py [--pods 100] [--order turns|blocks]
+    sudo .venv/bin/python bench/cni.py --in-process 50
+
+``--in-process N`` measures instead what the lab does: `cni.api.add` and
+`cni.api.delete` of the same config for N pods, called in this process
+with the node's namespace as host_netns (no exec at all).
 """
 
 from __future__ import annotations
@@ -108,11 +113,44 @@ def floor(node: str, argv: list[str], env: dict[str, str], stdin: bytes, n: int)
     return pct(xs, .5)
 
 
+def in_process(pods: int) -> None:
+    """api.add then api.delete of `pods` pods, in this process (the lab's path)."""
+    from cni import api
+
+    tag = uuid.uuid4().hex[:6]
+    tmp = tempfile.mkdtemp(prefix=f"{PREFIX}-")
+    node = f"{PREFIX}-{tag}-node"
+    names = [f"{node}-p{i}" for i in range(pods)]
+    c = conf("bridge", "host-local", tmp)
+    times: dict[str, list[float]] = {"ADD": [], "DEL": []}
+    netns.create(node)
+    try:
+        for n in names:
+            netns.create(n)
+        for cmd, f in (("ADD", api.add), ("DEL", api.delete)):
+            for i, n in enumerate(names):
+                t = time.perf_counter()
+                f(c, container_id=f"ctr{i}", netns=netns.path(n), host_netns=node)
+                times[cmd].append(time.perf_counter() - t)
+    finally:
+        api.forget(node)
+        for n in names + [node]:
+            netns.remove(n)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"in-process, {pods} pods, load average {os.getloadavg()[0]:.2f}")
+    for cmd, xs in times.items():
+        print(f"{cmd:<4} p50 {pct(xs, .5)*1e3:6.2f} ms  p95 {pct(xs, .95)*1e3:6.2f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pods", type=int, default=100)
     ap.add_argument("--order", choices=("turns", "blocks"), default="turns")
+    ap.add_argument("--in-process", type=int, default=0, metavar="N", help="measure cni.api in this process instead")
     opts = ap.parse_args()
+    if opts.in_process:
+        in_process(opts.in_process)
+        return
     tag = uuid.uuid4().hex[:6]
     tmp = tempfile.mkdtemp(prefix=f"{PREFIX}-")
     sides: list[Side] = []
