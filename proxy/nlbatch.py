@@ -217,7 +217,7 @@ class BatchSocket:
         """One request, acked; raises NetlinkError on failure."""
         code = self.batch([(kind, flags, body)])[0]
         if code:
-            raise NetlinkError(code, _errno.errorcode.get(code, str(code)))
+            raise NetlinkError(code, errno_name(code))
 
     def dump(self, kind: int, body: bytes) -> list[Message]:
         """All messages of one dump (NLM_F_DUMP) request."""
@@ -233,7 +233,7 @@ class BatchSocket:
                 if m.type == NLMSG_ERROR:
                     code = error_code(m)
                     if code:
-                        raise NetlinkError(code, _errno.errorcode.get(code, str(code)))
+                        raise NetlinkError(code, errno_name(code))
                     return out
                 out.append(m)
 
@@ -248,7 +248,7 @@ class BatchSocket:
                     continue
                 if m.type == NLMSG_ERROR:
                     code = error_code(m)
-                    raise NetlinkError(code, f"generic netlink family {name}: {_errno.errorcode.get(code, code)}")
+                    raise NetlinkError(code, errno_name(code))
                 a = parse_attrs(m.payload, GENL_HDR.size)
                 return struct.unpack("=H", a[CTRL_ATTR_FAMILY_ID][:2])[0]
 

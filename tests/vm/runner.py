@@ -27,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 STOCKVM = Path(__file__).with_name("stockvm.sh")
 # Focused: Python is ~20x slower in the guest (TCG), a few minutes at most.
-IPVS_SUBSET = ["tests/integration/test_proxy_ipvs.py", "tests/integration/test_proxy_ipvs_flows.py"]
+IPVS_SUBSET = ["tests/integration/test_proxy_ipvs.py", "tests/integration/test_proxy_ipvs_flows.py",
+               "tests/vm/test_ipvs_batch_kernel.py"]
 
 
 @dataclass
