@@ -29,19 +29,9 @@ def bindir(tmp_path_factory):
     return str(d)
 
 
-class _Namespaces(Namespaces):
-    """This file's namespaces: nlca-<random>-<role>."""
-
-    def new(self, role: str) -> str:
-        name = f"nlca-{self.tag}-{role}"
-        netns.create(name)
-        self.names.append(name)
-        return name
-
-
 @pytest.fixture
 def nss():
-    n = _Namespaces()
+    n = Namespaces("nlca")
     try:
         yield n
     finally:

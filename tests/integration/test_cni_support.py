@@ -11,14 +11,15 @@ from tests.helpers import unique
 
 
 class Namespaces:
-    """Namespaces named nltest-cni-<random>, all removed on close (also when a test fails)."""
+    """Namespaces named <prefix>-<random>-<role>, all removed on close (also when a test fails)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "nltest-cni") -> None:
         self.names: list[str] = []
+        self.prefix = prefix
         self.tag = unique("")
 
     def new(self, role: str) -> str:
-        name = f"nltest-cni-{self.tag}-{role}"
+        name = f"{self.prefix}-{self.tag}-{role}"
         netns.create(name)
         self.names.append(name)
         return name
