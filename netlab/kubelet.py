@@ -83,6 +83,20 @@ def raise_nofile() -> None:
             log.warning("cannot raise the open-file limit from %d; large labs may run out", soft)
 
 
+def load_cni_plugins() -> None:
+    """Import the CNI API and every plugin module once, before sandboxes are made on several threads.
+
+    cni.registry.load returns a module found in sys.modules without the
+    import lock, so a thread could get a plugin another thread is still
+    importing (partially initialized: "has no attribute 'add'"). Loaded
+    here first, every later lookup finds a finished module.
+    """
+    from cni import api, registry  # noqa: F401 - imported for its side effect
+
+    for short_name in registry.PLUGINS:
+        registry.load(short_name)
+
+
 _conf_cache: dict[str, tuple[tuple, dict]] = {}
 
 
@@ -262,6 +276,7 @@ class Kubelet:
         kubelet relists everything (a resync), as the real kubelet's
         reflectors relist after a failed watch. The pods keep running meanwhile.
         """
+        await self._in_worker(load_cni_plugins)
         await self._in_worker(self._reap_orphans)
         rev = 0
         backoff = STORE_BACKOFF_START

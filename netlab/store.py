@@ -147,6 +147,15 @@ class Store(ABC):
                     break
         return out
 
+    def put_many(self, items: dict[str, Any]) -> dict[str, int]:
+        """Write every key unconditionally (no TTL); return each key's new revision.
+
+        A backend may do it in one transaction (SqliteStore does: storing a
+        thousand Pods is one WAL commit, not a thousand); this default puts
+        one key at a time, as etcd's transactions are limited in size.
+        """
+        return {key: self.put(key, value) for key, value in items.items()}
+
     def watch(
         self,
         prefix: str,
@@ -358,6 +367,18 @@ class SqliteStore(Store):
             return out
 
         return self._write(fn) if changes else {}
+
+    def put_many(self, items: dict[str, Any]) -> dict[str, int]:
+        """All of Store.put_many in one write transaction."""
+
+        def fn(db):
+            out = {}
+            for key, value in items.items():
+                row = db.execute("SELECT create_rev FROM kv WHERE key = ?", (key,)).fetchone()
+                out[key] = self._put(db, key, value, None, row[0] if row else None)
+            return out
+
+        return self._write(fn) if items else {}
 
     def delete(self, key: str) -> bool:
         def fn(db):

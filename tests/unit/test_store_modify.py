@@ -48,3 +48,28 @@ def test_one_transaction_sees_each_value_once(store):
     store.modify_many({"/a": bump})
     assert seen == [1] and store.get("/a").value == {"n": 2}
     assert store.modify_many({}) == {}
+
+
+@pytest.mark.parametrize("impl", ["sqlite", "default"])
+def test_put_many_creates_and_replaces_with_one_event_each(store, impl):
+    store.put(f"{PODS}default/p0", {"v": 0})
+    created = store.get(f"{PODS}default/p0").create_revision
+    before = store.revision()
+    put_many = store.put_many if impl == "sqlite" else (lambda items: Store.put_many(store, items))
+    out = put_many({f"{PODS}default/p{i}": {"v": i + 10} for i in range(3)})
+    assert sorted(out) == [f"{PODS}default/p{i}" for i in range(3)]
+    assert store.revision() == before + 3
+    kv = store.get(f"{PODS}default/p0")
+    assert kv.value == {"v": 10} and kv.create_revision == created and kv.mod_revision == out[kv.key]
+    assert store.get(f"{PODS}default/p2").create_revision == out[f"{PODS}default/p2"]
+    events, _ = store.events_since(PODS, before)
+    assert [(e.type, e.key, e.value) for e in events] == [("PUT", f"{PODS}default/p{i}", {"v": i + 10}) for i in range(3)]
+    assert put_many({}) == {}
+
+
+def test_put_many_is_one_transaction(store, monkeypatch):
+    commits = []
+    real = store._write
+    monkeypatch.setattr(store, "_write", lambda fn: commits.append(1) or real(fn))
+    store.put_many({f"{PODS}default/p{i}": {"v": i} for i in range(100)})
+    assert len(commits) == 1
