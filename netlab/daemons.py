@@ -20,6 +20,10 @@ from netlab import names, netns
 
 ENV_LAB = "NETLAB_LAB"
 ENV_DAEMON = "NETLAB_DAEMON"
+# How long `terminate` waits for an ended process's parent (not us) to reap it.
+REAP_WAIT = 0.2
+# How long a zygote may take to import its modules and fork every daemon.
+ZYGOTE_TIMEOUT = 60.0
 
 
 def pid_dir(lab: str) -> str:
@@ -69,12 +73,88 @@ def spawn(lab: str, daemon: str, netns_name: str, argv: list[str]) -> int:
         )
     finally:
         log.close()
-    with open(os.path.join(pid_dir(lab), f"{daemon}.pid"), "w") as f:
-        f.write(f"{proc.pid} {start_time(proc.pid)}\n")
+    _record(lab, daemon, proc.pid)
     # Detached (own session), but still our child while we live: keep it to reap it.
     _children.append(proc)
     reap()
     return proc.pid
+
+
+def spawn_many(lab: str, daemons: list[tuple[str, str, list[str]]], preload: tuple[str, ...] = ()) -> dict[str, int]:
+    """Start several `python -m` daemons as forks of one zygote (netlab.zygote) that imported `preload` once.
+
+    Each entry is (daemon, netns, argv), as `spawn` takes them; each daemon
+    logs to logs/<daemon>.log and has its PID recorded, as with `spawn`.
+    The zygote runs in the namespace of the first entry (it touches no
+    network: each fork enters its own). A daemon the zygote did not fork
+    (it failed) is started alone instead.
+    """
+    import json
+    import subprocess
+
+    from netlab import zygote
+
+    if not daemons:
+        return {}
+    os.makedirs(pid_dir(lab), exist_ok=True)
+    os.makedirs(log_dir(lab), exist_ok=True)
+    request = {"preload": list(preload),
+               "daemons": [{"name": d, "netns": ns, "argv": argv, "log": os.path.join(log_dir(lab), f"{d}.log")}
+                           for d, ns, argv in daemons]}
+    pids: dict[str, int] = {}
+    with open(os.path.join(log_dir(lab), "zygote.log"), "ab") as log:
+        try:
+            zygote.check(request["daemons"])
+            argv = [sys.executable, "-m", "netlab.zygote", zygote.pad_argv([a for *_, a in daemons])]
+            proc = netns.popen_in(daemons[0][1], argv, env=env_for(lab, "zygote"), stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=log, close_fds=True, cwd="/")
+            _children.append(proc)  # it stays, as the daemons' parent: reaped when it ends
+            with proc.stdin, proc.stdout:
+                proc.stdin.write(json.dumps(request).encode())
+                proc.stdin.close()
+                out, eof = _read_until_eof(proc.stdout.fileno(), ZYGOTE_TIMEOUT)
+                if not eof:  # hung: end it, and take what it forked before (it forks nothing more)
+                    log.write(f"netlab: the zygote did not finish within {ZYGOTE_TIMEOUT:.0f}s; killed\n".encode())
+                    proc.kill()
+                    out += _read_until_eof(proc.stdout.fileno(), 5.0)[0]
+            # One line per fork, written as it forks: what it made before failing is known too.
+            for line in out.decode(errors="replace").splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    entry = json.loads(line)
+                    pids[entry["name"]] = int(entry["pid"])
+        except (OSError, ValueError) as e:
+            log.write(f"netlab: no zygote ({e}); each daemon starts alone\n".encode())
+    missing = [d for d, _ns, _argv in daemons if d not in pids]
+    if missing:
+        with open(os.path.join(log_dir(lab), "zygote.log"), "ab") as log:
+            log.write(f"netlab: the zygote did not start {', '.join(missing)}; starting them alone\n".encode())
+    for d, ns, argv in daemons:
+        if d in pids:
+            _record(lab, d, pids[d])
+        else:
+            pids[d] = spawn(lab, d, ns, argv)
+    return pids
+
+
+def _read_until_eof(fd: int, timeout: float) -> tuple[bytes, bool]:
+    """What a pipe gives until its writers close it (True) or until `timeout` (False)."""
+    import select
+
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+    return b"".join(chunks), False
+
+
+def _record(lab: str, daemon: str, pid: int) -> None:
+    with open(os.path.join(pid_dir(lab), f"{daemon}.pid"), "w") as f:
+        f.write(f"{pid} {start_time(pid)}\n")
 
 
 _children: list = []
@@ -160,6 +240,11 @@ def terminate(pids: Iterable[int], grace: float = 2.0) -> None:
     deadline = time.monotonic() + 2
     while living() and time.monotonic() < deadline:
         time.sleep(0.01)
+    # Ended, but maybe not yet reaped by a parent that is not us (a zygote reaps at once; init may
+    # take longer): wait a little for the PIDs to leave the process table, so "gone" means gone.
+    deadline = time.monotonic() + REAP_WAIT
+    while any(starts[p] is not None and start_time(p) == starts[p] for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def stop(lab: str, daemon: str) -> None:

@@ -28,8 +28,8 @@ from netlab.plan import LabFull, LabPlan, NodePlan, plan_lab
 from netlab.spec.lab import ETCD_CLIENT_PORT, LabSpec, NodeSpec
 from netlab.spec.topology import ApiObject, check_pods_fit, load_topology, parse_objects, pod_object, schedule
 from netlab.spec.source import Document, load_files
-from netlab.store import (ENDPOINTSLICES, FLANNEL_CONFIG, FLANNEL_SUBNETS, LABS, NODES, PODS, SERVICES, Store, object_key,
-                          open_store)
+from netlab.store import (ENDPOINTSLICES, FLANNEL_CONFIG, FLANNEL_SUBNETS, LABS, NODES, PODS, SERVICES, Compacted, Store,
+                          object_key, open_store)
 
 LAB_FILE = "lab.json"
 LABD = "labd"
@@ -262,6 +262,7 @@ def sync_pods(store: Store, lab: LabSpec, pods, changes: list[str], prune: bool)
     """Make the store's Pods match `pods`: create, replace changed ones, prune the rest if asked."""
     existing = {f"{kv.value['metadata']['namespace']}/{kv.value['metadata']['name']}": kv for kv in store.list(PODS)[0]}
     wanted = {}
+    writes: dict[str, dict] = {}
     for p in pods:
         obj = pod_object(lab, p)
         wanted[p.key] = obj
@@ -271,8 +272,10 @@ def sync_pods(store: Store, lab: LabSpec, pods, changes: list[str], prune: bool)
         if kv is not None:
             store.delete(kv.key)  # a Pod's spec is immutable: replace it, as kubectl replace --force
         obj["metadata"]["uid"] = str(uuid.uuid4())
-        store.put(object_key("Pod", p.namespace, p.name), obj)
+        writes[object_key("Pod", p.namespace, p.name)] = obj
         changes.append(f"pod {p.key}")
+    # One transaction for all of them (a thousand Pods: one commit, and one wake-up for the kubelet).
+    store.put_many(writes)
     if prune:
         for key, kv in existing.items():
             if key not in wanted:
@@ -298,32 +301,47 @@ def put_objects(store: Store, lab: LabSpec, objects: list[ApiObject], changes: l
             changes.append(f"{o.kind.lower()} {o.namespace}/{o.name}")
 
 
-def ensure_daemons(plan: LabPlan, changes: list[str]) -> None:
+def ensure_labd(plan: LabPlan, changes: list[str]) -> None:
+    """The lab daemon (every node's kubelet, the controllers), started before the nodes are made.
+
+    Its start-up (imports, the store, reaping a previous kubelet's sandboxes)
+    then overlaps with the fabric; it starts a node's pods once that node's
+    Node object is stored, which `ensure_node` does last.
+    """
     lab = plan.lab.name
     if not daemons.alive(lab, LABD):
         daemons.spawn(lab, LABD, plan.netns,
                       daemons.python_argv("netlab.labd", "--lab", lab, "--store", plan.daemon_store_url))
         changes.append("daemon labd (kubelet, controllers)")
-    for node in plan.nodes:
-        ensure_node_daemons(plan, node, changes)
 
 
-def ensure_node_daemons(plan: LabPlan, node: NodePlan, changes: list[str]) -> None:
-    for name, argv in node_daemons(plan, node):
-        dname = f"{name}-{node.name}"
-        if not daemons.alive(plan.lab.name, dname):
-            daemons.spawn(plan.lab.name, dname, node.netns, argv)
-            changes.append(f"daemon {dname}")
+# What the node agents import (pyroute2 above all): loaded once by the zygote that forks them all.
+NODE_AGENT_MODULES = ("cni.overlay.agent", "proxy.cli")
 
 
-def ensure_node(plan: LabPlan, node: NodePlan, store: Store, changes: list[str]) -> None:
-    """A node as `up` makes it: fabric, Node object, subnet.env and CNI config, flanneld and kube-proxy."""
+def ensure_node_daemons(plan: LabPlan, nodes: list[NodePlan], changes: list[str]) -> None:
+    """flanneld and kube-proxy of every node in `nodes` that lacks them, as forks of one zygote."""
+    missing = [(f"{name}-{node.name}", node.netns, argv) for node in nodes for name, argv in node_daemons(plan, node)
+               if not daemons.alive(plan.lab.name, f"{name}-{node.name}")]
+    daemons.spawn_many(plan.lab.name, missing, preload=NODE_AGENT_MODULES)
+    changes.extend(f"daemon {d}" for d, _ns, _argv in missing)
+
+
+def ensure_node(plan: LabPlan, node: NodePlan, store: Store, changes: list[str], start_daemons: bool = True) -> None:
+    """A node as `up` makes it: fabric, subnet.env and CNI config, Node object, flanneld and kube-proxy.
+
+    The Node object comes after the node's files: the kubelet starts a
+    node's pods once it sees its Node, and a sandbox needs the node's CNI
+    config (as a real kubelet waits for /etc/cni/net.d before it reports
+    the node Ready). `start_daemons=False` leaves flanneld and kube-proxy to the caller.
+    """
     ch = fabric.Changes()
     fabric.ensure_node(plan, node, ch)
     changes.extend(ch.made)
-    _put_if_changed(store, object_key("Node", None, node.name), plan.node_object(node), changes, f"node {node.name}")
     changes.extend(_node_files(plan, node))
-    ensure_node_daemons(plan, node, changes)
+    _put_if_changed(store, object_key("Node", None, node.name), plan.node_object(node), changes, f"node {node.name}")
+    if start_daemons:
+        ensure_node_daemons(plan, [node], changes)
 
 
 def ensure_etcd(plan: LabPlan, changes: list[str], timeout: float = ETCD_START_TIMEOUT) -> None:
@@ -425,20 +443,37 @@ def check_store(spec: LabSpec, record: dict | None) -> bool:
 
 
 def wait_for_pods(store: Store, keys: set[str], timeout: float, progress: Progress | None) -> dict[str, str]:
-    """Poll the store until every pod in `keys` left Pending; return phases.
+    """Watch the store until every pod in `keys` left Pending; return phases.
 
-    A pod whose sandbox could not be made fails the wait at once with the
-    kubelet's message (as `kubectl describe` shows FailedCreatePodSandBox).
+    One list, then the store's events (as `kubectl wait` watches): a poll
+    reads only what changed since the last one, not every Pod again. A
+    compacted watch lists again. A pod whose sandbox could not be made fails
+    the wait at once with the kubelet's message (as `kubectl describe` shows
+    FailedCreatePodSandBox).
     """
     deadline = time.monotonic() + timeout
+    statuses: dict[str, dict] = {}
+    rev: int | None = None
     while True:
-        items, _ = store.list(PODS)
-        statuses = {f"{kv.value['metadata']['namespace']}/{kv.value['metadata']['name']}": kv.value.get("status", {})
-                    for kv in items}
-        broken = {k: statuses[k] for k in keys if statuses.get(k, {}).get("reason") == "FailedCreatePodSandBox"}
+        if rev is None:
+            items, rev = store.list(PODS)
+            statuses = {k: v for k, v in ((kv.key[len(PODS):], kv.value.get("status", {})) for kv in items) if k in keys}
+            changed = set(statuses)
+        else:
+            try:
+                events, rev_now = store.events_since(PODS, rev)
+            except Compacted:
+                rev = None
+                continue
+            rev, changed = rev_now, set()
+            for ev in events:
+                k = ev.key[len(PODS):]
+                if k in keys:
+                    statuses[k] = (ev.value or {}).get("status", {}) if ev.type == "PUT" else {}
+                    changed.add(k)
+        broken = sorted(k for k in changed if statuses[k].get("reason") == "FailedCreatePodSandBox")
         if broken:
-            k, st = sorted(broken.items())[0]
-            raise NetlabError(f"pod {k}: sandbox failed: {st.get('message', '?')}")
+            raise NetlabError(f"pod {broken[0]}: sandbox failed: {statuses[broken[0]].get('message', '?')}")
         phases = {k: statuses.get(k, {}).get("phase", "Pending") for k in keys}
         ready = sum(1 for ph in phases.values() if ph != "Pending")
         if progress:
@@ -483,15 +518,20 @@ def up(paths: list[str], progress: Progress | None = None, timeout: float = 300.
                                                                   "metadata": {"name": lab}, "spec": spec},
                             changes, "lab object")
             _put_if_changed(store, FLANNEL_CONFIG, topo.lab.pod_network.to_json(), changes, "flannel net-conf")
+            # labd first: the kubelet's start-up overlaps with the nodes', and it starts each
+            # node's pods as soon as that node and the Pods are stored.
+            ensure_labd(plan, changes)
             if progress:
                 progress("nodes", 0, len(plan.nodes))
             for i, node in enumerate(plan.nodes):
-                ensure_node(plan, node, store, changes)
+                ensure_node(plan, node, store, changes, start_daemons=False)
                 if progress:
                     progress("nodes", i + 1, len(plan.nodes))
             sync_pods(store, topo.lab, topo.pods, changes, prune=True)
             put_objects(store, topo.lab, topo.objects, changes)
-            ensure_daemons(plan, changes)
+            # The node agents last (flanneld, kube-proxy): sandboxes need neither (subnet.env and
+            # the CNI config are written above), and their start-up no longer delays the kubelet's.
+            ensure_node_daemons(plan, list(plan.nodes), changes)
             keys = {p.key for p in topo.pods}
             phases = wait_for_pods(store, keys, timeout, progress)
             if not [k for k, ph in phases.items() if ph == "Pending"]:
