@@ -15,7 +15,11 @@ the veth's numtxqueues (1 allocated, as many in use as the reference's):
   and the reservation (the reference releases only the reservation);
 - the veth is made with one TX queue, the one the reference's ends up
   using, which spares two RCU grace periods under RTNL per pod (see
-  RtNetlink.add_veth).
+  RtNetlink.add_veth);
+- DEL names the pod's interface through the pod namespace's nsid in the
+  node's instead of entering the pod, and deletes it on a thread while
+  IPAM releases the address, instead of deleting, then releasing (see
+  _VethDeletion); with ipMasq it keeps the reference's sequence.
 """
 
 import _thread

@@ -19,8 +19,6 @@ from cni.runtime import Runtime
 from netlab import netns
 from tests.integration.test_cni_support import Namespaces, sh
 
-REF = "/usr/lib/cni"
-
 
 @pytest.fixture(scope="module")
 def bindir(tmp_path_factory):
