@@ -35,7 +35,7 @@ def test_round_trip_text_is_jsons(doc):
 @given(st.one_of(st.binary(max_size=40), st.text(max_size=40),
                  documents.map(lambda d: json.dumps(d)[: len(json.dumps(d)) // 2])))
 def test_any_input_decodes_or_fails_as_json_does(raw):
-    assert outcome(fastjson.loads, raw) == outcome(json.loads, raw)
+    assert repr(outcome(fastjson.loads, raw)) == repr(outcome(json.loads, raw))  # repr: NaN != NaN
 
 
 def test_edge_cases():
