@@ -17,11 +17,18 @@ if TYPE_CHECKING:
 
 
 def _rel(key: str) -> str:
-    return "/proc/sys/" + key.replace(".", "/")
+    # A key in /proc/sys path form (with '/') is taken as it is: an interface
+    # name may hold dots (eth0.100), which the dotted form cannot carry, as
+    # sysctl(8) writes net.ipv4.conf.eth0/100.route_localnet.
+    return "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
 
 
 def ensure_sysctl(args: skel.Args, key: str, value: str = "1") -> None:
-    """As the reference's ip.EnableIP4Forward (echo1): write only if it differs."""
+    """As the reference's ip.EnableIP4Forward (echo1): write only if it differs.
+
+    `key` is dotted (net.ipv4.ip_forward) or a /proc/sys path
+    (net/ipv4/conf/eth0.100/route_localnet), as the reference's sysctl.Sysctl takes it.
+    """
 
     def do() -> None:
         with open(_rel(key), "r+") as f:

@@ -14,7 +14,10 @@ commands) is imported when a command is run.
 
 from __future__ import annotations
 
-import hashlib
+try:  # the built-in digest: hashlib would load OpenSSL (~3-8 ms per plugin start-up)
+    from _sha512 import sha512
+except ImportError:  # an interpreter built without it
+    from hashlib import sha512
 
 from cni import skel
 from cni.errors import CNIError, INTERNAL
@@ -25,7 +28,7 @@ COMMENT_MAX = 255
 
 def chain_name(name: str, container_id: str, prefix: str = "CNI-") -> str:
     """utils.FormatChainNameWithPrefix: ``CNI-<prefix><sha512(name+id)>`` cut to 28 characters."""
-    h = hashlib.sha512((name + container_id).encode()).hexdigest()
+    h = sha512((name + container_id).encode()).hexdigest()
     return prefix + h[: MAX_CHAIN - len(prefix)]
 
 

@@ -408,7 +408,7 @@ def _forward(args: skel.Args, p: Plan, cont: ipaddress.IPv4Interface | ipaddress
         if ifname:
             from cni import hostns
 
-            hostns.ensure_sysctl(args, f"net.ipv4.conf.{ifname}.route_localnet")
+            hostns.ensure_sysctl(args, f"net/ipv4/conf/{ifname}/route_localnet")
 
 
 def routable_host_if(args: skel.Args, ip: str) -> str | None:

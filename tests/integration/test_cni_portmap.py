@@ -41,7 +41,6 @@ from cni import libcni
 from cni.plugins import portmap
 from cni.runtime import Runtime
 from netlab import netns
-from tests.helpers import unique
 from tests.integration.test_cni_exec import REF, bindir, chain, two_nodes  # noqa: F401 (bindir: the fixture)
 from tests.integration.test_cni_support import Namespaces, sh, try_sh
 
@@ -49,23 +48,9 @@ OURS = ("netlab-bridge", "netlab-host-local", "netlab-portmap")
 THEIRS = ("bridge", "host-local", "portmap")
 
 
-class PortmapNamespaces(Namespaces):
-    """The shared throwaway namespaces, under this suite's own prefix (nlpm-)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tag = unique("nlpm-")
-
-    def new(self, role: str) -> str:
-        name = f"{self.tag}-{role}"
-        netns.create(name)
-        self.names.append(name)
-        return name
-
-
 @pytest.fixture
 def nss():
-    n = PortmapNamespaces()
+    n = Namespaces("nlpm")  # this suite's own prefix
     try:
         yield n
     finally:
@@ -134,7 +119,7 @@ CASES = {
 }
 
 
-def run_side(nss: PortmapNamespaces, bindir: str, tmp_path, case: dict, who: str) -> dict:
+def run_side(nss: Namespaces, bindir: str, tmp_path, case: dict, who: str) -> dict:
     node, pod, pod2 = nss.new(who + "n"), nss.new(who + "p"), nss.new(who + "q")
     for argv in case.get("setup", []):
         sh(node, *argv)

@@ -159,3 +159,22 @@ def test_registry_and_conflist_building():
     assert c == {"type": "portmap", "capabilities": {"portMappings": True}, "name": "cbr0", "cniVersion": "1.1.0",
                  "prevResult": {"ips": []}, "runtimeConfig": {"portMappings": [{"hostPort": 80}]}}
     assert "runtimeConfig" not in libcni.build_one({"type": "bridge"}, "n", "1.1.0", None, {"portMappings": []})
+
+
+def test_sysctl_keys_dotted_or_as_a_path():
+    """An interface name with a dot (a VLAN, eth0.100) survives only in the path form."""
+    from cni.hostns import _rel
+
+    assert _rel("net.ipv4.ip_forward") == "/proc/sys/net/ipv4/ip_forward"
+    assert _rel("net/ipv4/conf/eth0.100/route_localnet") == "/proc/sys/net/ipv4/conf/eth0.100/route_localnet"
+
+
+def test_chain_names_use_sha512_as_the_reference():
+    """utils.FormatChainName: CNI- and the first 24 hex digits of sha512(name + id)."""
+    import hashlib
+
+    from cni.iptables import chain_name
+
+    want = "CNI-" + hashlib.sha512(b"mynetctr1").hexdigest()[:24]
+    assert chain_name("mynet", "ctr1") == want
+    assert chain_name("mynet", "ctr1", "CNI-DN-") == "CNI-DN-" + hashlib.sha512(b"mynetctr1").hexdigest()[:21]
