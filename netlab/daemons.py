@@ -85,55 +85,105 @@ def spawn_many(lab: str, daemons: list[tuple[str, str, list[str]]], preload: tup
 
     Each entry is (daemon, netns, argv), as `spawn` takes them; each daemon
     logs to logs/<daemon>.log and has its PID recorded, as with `spawn`.
-    The zygote runs in the namespace of the first entry (it touches no
-    network: each fork enters its own). A daemon the zygote did not fork
-    (it failed) is started alone instead.
     """
-    import json
-    import subprocess
-
-    from netlab import zygote
-
     if not daemons:
         return {}
-    os.makedirs(pid_dir(lab), exist_ok=True)
-    os.makedirs(log_dir(lab), exist_ok=True)
-    request = {"preload": list(preload),
-               "daemons": [{"name": d, "netns": ns, "argv": argv, "log": os.path.join(log_dir(lab), f"{d}.log")}
-                           for d, ns, argv in daemons]}
-    pids: dict[str, int] = {}
-    with open(os.path.join(log_dir(lab), "zygote.log"), "ab") as log:
+    with Zygote(lab, daemons[0][1], preload, [argv for *_, argv in daemons]) as zygote:
+        zygote.fork(daemons)
+        return zygote.started()
+
+
+class Zygote:
+    """A zygote (netlab.zygote) started ahead: it imports `preload` while the caller works, and forks when told.
+
+    `fork(daemons)` hands it the daemons (each (daemon, netns, argv), the
+    argv among `argvs` given at start, which size its argv area);
+    `started()` records their PIDs and starts alone any daemon the zygote
+    did not fork (it failed). It runs in namespace `netns_name` (it touches
+    no network: each fork enters its own). Leaving the `with` block without
+    `fork` ends it, forking nothing.
+    """
+
+    def __init__(self, lab: str, netns_name: str, preload: tuple[str, ...], argvs: list[list[str]]) -> None:
+        import subprocess
+
+        from netlab import zygote
+
+        self.lab = lab
+        self.daemons: list[tuple[str, str, list[str]]] = []
+        self.proc = None
+        os.makedirs(pid_dir(lab), exist_ok=True)
+        os.makedirs(log_dir(lab), exist_ok=True)
+        self.log_path = os.path.join(log_dir(lab), "zygote.log")
+        argv = [sys.executable, "-m", "netlab.zygote", f"{zygote.PRELOAD_FLAG}={','.join(preload)}", zygote.pad_argv(argvs)]
+        with open(self.log_path, "ab") as log:
+            try:
+                self.proc = netns.popen_in(netns_name, argv, env=env_for(lab, "zygote"), stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, stderr=log, close_fds=True, cwd="/")
+            except OSError as e:
+                log.write(f"netlab: no zygote ({e}); each daemon starts alone\n".encode())
+                return
+        _children.append(self.proc)  # it stays, as the daemons' parent: reaped when it ends
+
+    def fork(self, daemons: list[tuple[str, str, list[str]]]) -> None:
+        import json
+
+        from netlab import zygote
+
+        self.daemons = list(daemons)
+        if self.proc is None:
+            return
+        request = {"daemons": [{"name": d, "netns": ns, "argv": argv, "log": os.path.join(log_dir(self.lab), f"{d}.log")}
+                               for d, ns, argv in daemons]}
         try:
             zygote.check(request["daemons"])
-            argv = [sys.executable, "-m", "netlab.zygote", zygote.pad_argv([a for *_, a in daemons])]
-            proc = netns.popen_in(daemons[0][1], argv, env=env_for(lab, "zygote"), stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=log, close_fds=True, cwd="/")
-            _children.append(proc)  # it stays, as the daemons' parent: reaped when it ends
-            with proc.stdin, proc.stdout:
-                proc.stdin.write(json.dumps(request).encode())
-                proc.stdin.close()
-                out, eof = _read_until_eof(proc.stdout.fileno(), ZYGOTE_TIMEOUT)
-                if not eof:  # hung: end it, and take what it forked before (it forks nothing more)
-                    log.write(f"netlab: the zygote did not finish within {ZYGOTE_TIMEOUT:.0f}s; killed\n".encode())
-                    proc.kill()
-                    out += _read_until_eof(proc.stdout.fileno(), 5.0)[0]
+            self.proc.stdin.write(json.dumps(request).encode())
+        except (OSError, ValueError) as e:
+            self._note(f"netlab: the zygote was not told ({e}); each daemon starts alone")
+        self._close_stdin()
+
+    def started(self) -> dict[str, int]:
+        """Wait until the zygote has forked every daemon; record their PIDs (starting alone any it did not fork)."""
+        import json
+
+        pids: dict[str, int] = {}
+        if self.proc is not None:
+            fd = self.proc.stdout.fileno()
+            out, eof = _read_until_eof(fd, ZYGOTE_TIMEOUT)
+            if not eof:  # hung: end it, and take what it forked before (it forks nothing more)
+                self._note(f"netlab: the zygote did not finish within {ZYGOTE_TIMEOUT:.0f}s; killed")
+                self.proc.kill()
+                out += _read_until_eof(fd, 5.0)[0]
+            self.proc.stdout.close()
             # One line per fork, written as it forks: what it made before failing is known too.
             for line in out.decode(errors="replace").splitlines():
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     entry = json.loads(line)
                     pids[entry["name"]] = int(entry["pid"])
-        except (OSError, ValueError) as e:
-            log.write(f"netlab: no zygote ({e}); each daemon starts alone\n".encode())
-    missing = [d for d, _ns, _argv in daemons if d not in pids]
-    if missing:
-        with open(os.path.join(log_dir(lab), "zygote.log"), "ab") as log:
-            log.write(f"netlab: the zygote did not start {', '.join(missing)}; starting them alone\n".encode())
-    for d, ns, argv in daemons:
-        if d in pids:
-            _record(lab, d, pids[d])
-        else:
-            pids[d] = spawn(lab, d, ns, argv)
-    return pids
+        missing = [d for d, _ns, _argv in self.daemons if d not in pids]
+        if missing and self.proc is not None:
+            self._note(f"netlab: the zygote did not start {', '.join(missing)}; starting them alone")
+        for d, ns, argv in self.daemons:
+            if d in pids:
+                _record(self.lab, d, pids[d])
+            else:
+                pids[d] = spawn(self.lab, d, ns, argv)
+        return pids
+
+    def _note(self, text: str) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(text + "\n")
+
+    def _close_stdin(self) -> None:
+        if self.proc is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+    def __enter__(self) -> "Zygote":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close_stdin()  # not told: it exits, forking nothing
 
 
 def _read_until_eof(fd: int, timeout: float) -> tuple[bytes, bool]:

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -319,10 +320,15 @@ def ensure_labd(plan: LabPlan, changes: list[str]) -> None:
 NODE_AGENT_MODULES = ("cni.overlay.agent", "proxy.cli")
 
 
+def missing_node_daemons(plan: LabPlan, nodes: list[NodePlan]) -> list[tuple[str, str, list[str]]]:
+    """(daemon, netns, argv) of each flanneld and kube-proxy of `nodes` that is not running."""
+    return [(f"{name}-{node.name}", node.netns, argv) for node in nodes for name, argv in node_daemons(plan, node)
+            if not daemons.alive(plan.lab.name, f"{name}-{node.name}")]
+
+
 def ensure_node_daemons(plan: LabPlan, nodes: list[NodePlan], changes: list[str]) -> None:
     """flanneld and kube-proxy of every node in `nodes` that lacks them, as forks of one zygote."""
-    missing = [(f"{name}-{node.name}", node.netns, argv) for node in nodes for name, argv in node_daemons(plan, node)
-               if not daemons.alive(plan.lab.name, f"{name}-{node.name}")]
+    missing = missing_node_daemons(plan, nodes)
     daemons.spawn_many(plan.lab.name, missing, preload=NODE_AGENT_MODULES)
     changes.extend(f"daemon {d}" for d, _ns, _argv in missing)
 
@@ -442,14 +448,32 @@ def check_store(spec: LabSpec, record: dict | None) -> bool:
         raise NetlabError(f"{store.where}: spec.store: {e}") from None
 
 
-def wait_for_pods(store: Store, keys: set[str], timeout: float, progress: Progress | None) -> dict[str, str]:
+# How often `up` looks at the nodes' readiness while it waits for the pods.
+NODE_POLL = 0.25
+
+
+def _every(period: float, fn: Callable[[], object]) -> Callable[[], None]:
+    """`fn`, called at most once per `period` seconds (the first call runs it)."""
+    last = [-period]
+
+    def call() -> None:
+        now = time.monotonic()
+        if now - last[0] >= period:
+            last[0] = now
+            fn()
+
+    return call
+
+
+def wait_for_pods(store: Store, keys: set[str], timeout: float, progress: Progress | None,
+                  also: Callable[[], None] | None = None) -> dict[str, str]:
     """Watch the store until every pod in `keys` left Pending; return phases.
 
     One list, then the store's events (as `kubectl wait` watches): a poll
     reads only what changed since the last one, not every Pod again. A
     compacted watch lists again. A pod whose sandbox could not be made fails
     the wait at once with the kubelet's message (as `kubectl describe` shows
-    FailedCreatePodSandBox).
+    FailedCreatePodSandBox). `also` runs once per poll.
     """
     deadline = time.monotonic() + timeout
     statuses: dict[str, dict] = {}
@@ -480,6 +504,8 @@ def wait_for_pods(store: Store, keys: set[str], timeout: float, progress: Progre
             progress("pods", ready, len(keys))
         if ready == len(keys) or time.monotonic() > deadline:
             return phases
+        if also is not None:
+            also()
         time.sleep(0.05)
 
 
@@ -519,25 +545,31 @@ def up(paths: list[str], progress: Progress | None = None, timeout: float = 300.
                             changes, "lab object")
             _put_if_changed(store, FLANNEL_CONFIG, topo.lab.pod_network.to_json(), changes, "flannel net-conf")
             # labd first: the kubelet's start-up overlaps with the nodes', and it starts each
-            # node's pods as soon as that node and the Pods are stored.
+            # node's pods as soon as that node and the Pods are stored. The node agents' zygote too:
+            # it imports their modules while the nodes are made.
             ensure_labd(plan, changes)
-            if progress:
-                progress("nodes", 0, len(plan.nodes))
-            for i, node in enumerate(plan.nodes):
-                ensure_node(plan, node, store, changes, start_daemons=False)
+            agents = missing_node_daemons(plan, list(plan.nodes))
+            with daemons.Zygote(lab, plan.netns, NODE_AGENT_MODULES, [argv for *_, argv in agents]) as zygote:
                 if progress:
-                    progress("nodes", i + 1, len(plan.nodes))
-            sync_pods(store, topo.lab, topo.pods, changes, prune=True)
-            put_objects(store, topo.lab, topo.objects, changes)
-            # The node agents last (flanneld, kube-proxy): sandboxes need neither (subnet.env and
-            # the CNI config are written above), and their start-up no longer delays the kubelet's.
-            ensure_node_daemons(plan, list(plan.nodes), changes)
+                    progress("nodes", 0, len(plan.nodes))
+                for i, node in enumerate(plan.nodes):
+                    ensure_node(plan, node, store, changes, start_daemons=False)
+                    if progress:
+                        progress("nodes", i + 1, len(plan.nodes))
+                # The agents (flanneld, kube-proxy) before the Pods: sandboxes need neither (subnet.env and
+                # the CNI config are written above), and flanneld's first converges see nodes without pods.
+                zygote.fork(agents)
+                sync_pods(store, topo.lab, topo.pods, changes, prune=True)
+                put_objects(store, topo.lab, topo.objects, changes)
+                zygote.started()
+                changes.extend(f"daemon {d}" for d, _ns, _argv in agents)
             keys = {p.key for p in topo.pods}
-            phases = wait_for_pods(store, keys, timeout, progress)
+            # Every node ready too (its lease held, routes to every peer), as `node add` returns: a pod
+            # can reach every other pod once `up` returns. Looked at while the pods start, too.
+            readiness = NodeReadiness(plan, list(plan.nodes), store)
+            phases = wait_for_pods(store, keys, timeout, progress, also=_every(NODE_POLL, readiness.poll))
             if not [k for k, ph in phases.items() if ph == "Pending"]:
-                # Every node ready too (its lease held, routes to every peer), as `node add` returns:
-                # a pod can reach every other pod once `up` returns.
-                wait_nodes_ready(plan, list(plan.nodes), store, max(1.0, timeout - (time.monotonic() - t0)))
+                readiness.wait(max(1.0, timeout - (time.monotonic() - t0)))
         finally:
             store.close()
         stuck = sorted(k for k, ph in phases.items() if ph == "Pending")
@@ -741,35 +773,73 @@ def node_add(lab_name: str | None, name: str, labels: list[str] | tuple[str, ...
 
 def wait_nodes_ready(plan: LabPlan, nodes: list[NodePlan], store: Store, timeout: float) -> float:
     """Poll until every node holds its lease and routes to every other lease; returns when (monotonic)."""
-    from cni.overlay.kernel import Kernel
-    from cni.overlay.lease import parse_leases
+    return NodeReadiness(plan, nodes, store).wait(timeout)
 
-    conf = plan.lab.pod_network
-    deadline = time.monotonic() + timeout
-    pending = list(nodes)
-    while True:
-        leases = parse_leases([(kv.key, kv.value) for kv in store.list(FLANNEL_SUBNETS)[0]])
-        still = []
-        for node in pending:
-            own = leases.get(node.pod_cidr)
-            if own is None or str(own.public_ip) != str(node.ip):
-                still.append(node)
-                continue
-            peers = {str(s) for s, lease in leases.items() if s != node.pod_cidr and lease.backend_type == conf.backend.type}
-            with Kernel(node.netns) as k:
-                routes = {r.dst for r in k.observe(conf, node.pod_cidr).routes}
-            if not peers <= routes:
-                still.append(node)
-        pending = still
-        if not pending:
-            return time.monotonic()
-        for node in pending:
-            if not daemons.alive(plan.lab.name, f"flanneld-{node.name}"):
-                raise NetlabError(f"node {node.name}: flanneld exited (see {daemons.log_dir(plan.lab.name)}/flanneld-{node.name}.log)")
-        if time.monotonic() > deadline:
-            raise NetlabError(f"node {pending[0].name} was not ready within {timeout:.0f}s: no lease or no routes to its peers"
-                              f" (see {daemons.log_dir(plan.lab.name)}/flanneld-{pending[0].name}.log)")
-        time.sleep(0.02)
+
+class NodeReadiness:
+    """Which of `nodes` are ready: each holds its lease and routes to every other lease (flannel's view of Ready).
+
+    Nodes are checked only once every node of the lab holds a lease, so a
+    node that passed routes to all of its peers, not only to those that
+    leased first. A node that passed is not checked again. `poll` is one
+    look (`up` polls while it waits for the pods, so the nodes are known
+    ready when the pods are); `wait` polls until all are ready.
+    """
+
+    def __init__(self, plan: LabPlan, nodes: list[NodePlan], store: Store) -> None:
+        self.plan, self.store = plan, store
+        self.pending = list(nodes)
+        self.ready_at = time.monotonic()
+
+    def poll(self) -> bool:
+        """One look at the pending nodes; True once none is left."""
+        from cni.overlay.lease import parse_leases
+
+        if not self.pending:
+            return True
+        leases = parse_leases([(kv.key, kv.value) for kv in self.store.list(FLANNEL_SUBNETS)[0]])
+        if all(n.pod_cidr in leases for n in self.plan.nodes):
+            self.pending = [n for n in self.pending if not self._ready(n, leases)]
+        if not self.pending:
+            self.ready_at = time.monotonic()
+            return True
+        lab = self.plan.lab.name
+        for node in self.pending:
+            if not daemons.alive(lab, f"flanneld-{node.name}"):
+                raise NetlabError(f"node {node.name}: flanneld exited (see {daemons.log_dir(lab)}/flanneld-{node.name}.log)")
+        return False
+
+    def _ready(self, node: NodePlan, leases: dict) -> bool:
+        own = leases.get(node.pod_cidr)
+        if own is None or str(own.public_ip) != str(node.ip):
+            return False
+        backend = self.plan.lab.pod_network.backend.type
+        peers = {str(s) for s, lease in leases.items() if s != node.pod_cidr and lease.backend_type == backend}
+        return peers <= routed_subnets(node.netns)
+
+    def wait(self, timeout: float) -> float:
+        """Poll until every node is ready; returns when that was (monotonic)."""
+        deadline = time.monotonic() + timeout
+        while not self.poll():
+            if time.monotonic() > deadline:
+                node = self.pending[0].name
+                raise NetlabError(f"node {node} was not ready within {timeout:.0f}s: no lease or no routes to its peers"
+                                  f" (see {daemons.log_dir(self.plan.lab.name)}/flanneld-{node}.log)")
+            time.sleep(0.02)
+        return self.ready_at
+
+
+def routed_subnets(ns: str) -> set[str]:
+    """Destinations of the unicast IPv4 routes in the main table of namespace `ns` (one route dump).
+
+    What readiness needs of a node's kernel: a route to each peer's pod
+    subnet (via flannel.1 or the peer's address), without the rest of the
+    overlay's state (links, neighbours, FDB: a node with a hundred pods has
+    a hundred veths to parse).
+    """
+    with netns.iproute(ns) as ipr:
+        return {f"{r.get_attr('RTA_DST')}/{r['dst_len']}" for r in ipr.get_routes(family=socket.AF_INET, table=254)
+                if r["type"] == 1 and r.get_attr("RTA_DST")}
 
 
 def node_remove(lab_name: str | None, name: str, force: bool = False) -> NodeResult:

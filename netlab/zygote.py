@@ -21,9 +21,11 @@ each daemon as if it was started alone.
 /proc/PID/environ still shows the zygote's environment: NETLAB_LAB is the
 same, which is what finds a lab's processes.
 
-Protocol: the zygote reads one JSON object on stdin, {"preload": [module,
-...], "daemons": [{"name", "netns", "argv", "log"}, ...]}, where each argv
-is [python, "-m", module, args...]; it writes one line {"name", "pid"} on
+Protocol: `python -m netlab.zygote --preload=MODULE,... --pad=SPACES`
+imports the modules, then reads one JSON object on stdin, {"daemons":
+[{"name", "netns", "argv", "log"}, ...]}, where each argv is [python,
+"-m", module, args...] (stdin closed empty: it exits, forking nothing);
+it writes one line {"name", "pid"} on
 stdout per fork, as it forks, then closes stdout and stays, reaping its
 daemons as they end and passing SIGTERM on (see `supervise`).
 """
@@ -42,6 +44,7 @@ from netlab import netns
 
 ENV_DAEMON = "NETLAB_DAEMON"  # as netlab.daemons.ENV_DAEMON (not imported: the zygote loads little of its own)
 PAD_FLAG = "--pad"
+PRELOAD_FLAG = "--preload"
 
 
 def pad_argv(argvs: list[list[str]]) -> str:
@@ -96,12 +99,19 @@ def check(daemons: list[dict]) -> None:
             raise ValueError(f"{d['name']}: the zygote runs `python -m MODULE ...` daemons, not {argv[:3]}")
 
 
-def main() -> None:
-    request = json.load(sys.stdin)
+def main(argv: list[str] | None = None) -> None:
+    args = argv if argv is not None else sys.argv[1:]
+    # Imported before the request is read: a starter can start the zygote early and say later what to fork.
+    for arg in args:
+        if arg.startswith(PRELOAD_FLAG + "="):
+            for name in filter(None, arg.split("=", 1)[1].split(",")):
+                importlib.import_module(name)
+    try:
+        request = json.load(sys.stdin)
+    except ValueError:
+        return  # the starter closed stdin without a request: nothing to fork
     daemons = request["daemons"]
     check(daemons)
-    for name in request.get("preload", []):
-        importlib.import_module(name)
     children: dict[int, str] = {}
     for d in daemons:
         pid = os.fork()

@@ -25,10 +25,11 @@ def test_each_fork_runs_its_module_with_its_own_argv_log_and_cmdline(tmp_path):
     (tmp_path / "probe_daemon.py").write_text(PROBE)
     argvs = {"a": [sys.executable, "-m", "probe_daemon", "--node", "node1"],
              "b": [sys.executable, "-m", "probe_daemon", "--node", "node2", "--long", "x" * 300]}
-    request = {"preload": ["json"],
-               "daemons": [{"name": n, "netns": None, "argv": a, "log": str(tmp_path / f"{n}.log")} for n, a in argvs.items()]}
+    request = {"daemons": [{"name": n, "netns": None, "argv": a, "log": str(tmp_path / f"{n}.log")}
+                           for n, a in argvs.items()]}
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}:{os.getcwd()}", PROBE_OUT=str(tmp_path / "out"))
-    out = subprocess.run([sys.executable, "-m", "netlab.zygote", zygote.pad_argv(list(argvs.values()))],
+    out = subprocess.run([sys.executable, "-m", "netlab.zygote", "--preload=json,ipaddress",
+                          zygote.pad_argv(list(argvs.values()))],
                          input=json.dumps(request), capture_output=True, text=True, env=env, timeout=60, check=True)
     pids = {e["name"]: e["pid"] for e in map(json.loads, out.stdout.splitlines())}
     assert sorted(pids) == ["a", "b"] and os.getpid() not in pids.values()
@@ -59,3 +60,9 @@ def test_only_python_dash_m_daemons_are_taken():
 def test_the_padding_fits_the_longest_argv():
     pad = zygote.pad_argv([["a", "bb"], ["ccc"]])
     assert len(pad) - len("--pad=") == len(b"a\0bb\0")
+
+
+def test_a_zygote_told_nothing_forks_nothing_and_exits():
+    out = subprocess.run([sys.executable, "-m", "netlab.zygote", "--preload=json", "--pad="], input="",
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == ""
