@@ -142,11 +142,11 @@ def run(modes: list[str], sizes: list[int], connections: int, seed: int, iptable
                 backend = make_backend(mode, lab.node, iptables)
                 state = state_with(n, [lab.pods[s] for s in servers])
                 t0, c0 = time.perf_counter(), cpu_seconds()
-                backend.sync(state, None)
+                first = backend.sync(state, None)
                 sync_s, sync_cpu = time.perf_counter() - t0, cpu_seconds() - c0
                 # A second full sync over the programmed node: what every periodic full resync costs.
                 t0 = time.perf_counter()
-                backend.sync(state, None)
+                again = backend.sync(state, None)
                 resync_s = time.perf_counter() - t0
                 rng = random.Random(seed)
                 ips = [service_ip(i) for i in range(n)]
@@ -159,12 +159,18 @@ def run(modes: list[str], sizes: list[int], connections: int, seed: int, iptable
                     "partial_ms": round(partial_sync_ms(backend, state, partial_rounds), 1) if partial_rounds else "-",
                     "p50_ms": round(statistics.median(times) * 1000, 3),
                     "p99_ms": round(pct(times, 0.99) * 1000, 3),
+                    # Per-step ms where the backend reports them (IPVS: ipset, iptables, addresses, ipvs).
+                    "sync_steps_ms": _steps(first), "resync_steps_ms": _steps(again),
                 })
                 print(json.dumps(results[-1]), file=sys.stderr, flush=True)
                 backend.cleanup()
             finally:
                 lab.down()
     return results
+
+
+def _steps(result) -> dict:
+    return {k[:-3]: v for k, v in ((result.details or {}) if result else {}).items() if k.endswith("_ms") and k != "sync_ms"}
 
 
 def table(results: list[dict]) -> str:

@@ -237,7 +237,10 @@ def diff_table(
             if have[0] != want:
                 out.ops.append(Op("update-vs", want))
             have_rs = have[1]
-        d = diff_real_servers(want, p.real_servers[key], have_rs, terminating.get(key, {}), now, timeout)
+        want_rs = p.real_servers[key]
+        if have_rs == want_rs:  # same addresses, ports and weights: nothing to add, change or drain
+            continue
+        d = diff_real_servers(want, want_rs, have_rs, terminating.get(key, {}), now, timeout)
         out.ops += [Op("add-rs", want, rs) for rs in d.add]
         out.ops += [Op("update-rs", want, rs) for rs in d.update]
         out.ops += [Op("quiesce-rs", want, rs) for rs in d.quiesce]
