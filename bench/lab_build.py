@@ -5,7 +5,11 @@
 netlab: `up` of NODES x PODS pods with built-in servers, then `down`, RUNS
 times; reports pods/s, where the build's time went (spec, fabric and the
 node daemons; the kubelet's pods; the wait for every node's overlay),
-teardown time and the memory (PSS) of all the lab's processes. Mininet: the same number of hosts on
+teardown time and the memory (PSS) of all the lab's processes, and how the
+machine's CPU went during the build: `up`, the lab's processes by role
+(labd: kubelet and controllers; agents: flanneld, kube-proxy and their
+zygote), and everything else (other users' work, kernel threads, which
+include the kernel's own namespace work). Mininet: the same number of hosts on
 NODES LinuxBridge switches, no controller, cleanup=False, inside a
 namespace of the benchmark's own (so its links never touch the host's root
 namespace; never `mn -c`). Targets on a 2-core machine: >= 200 pods/s, 5x
@@ -60,6 +64,13 @@ def _kernel_ticks() -> tuple[int, int]:
     return v[2] + v[5] + v[6], sum(v)
 
 
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all but idle and iowait), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def settle(limit: float = 30.0, share: float = 0.15) -> float:
     """Wait until kernel time is under `share` of the machine for two 0.5 s windows (at most `limit` s).
 
@@ -93,19 +104,22 @@ def bench_netlab(nodes: int, pods: int, prefix: str) -> dict:
         now = time.perf_counter()
         if what == "pods":
             marks.setdefault("pods_from", now)  # nodes, daemons and store written: the wait for pods begins
-            if done:
-                marks.setdefault("first_pod", now)
+            if done * 2 >= total:
+                marks.setdefault("half_pods", now)
             marks["pods_to"] = now
 
     cpu0 = os.times()
+    busy0 = _busy_seconds()
     try:
         t0 = time.perf_counter()
         res = lab.up([path], progress, timeout=600)
         up_s = time.perf_counter() - t0
         cpu1 = os.times()
+        busy = _busy_seconds() - busy0
         procs = daemons.lab_processes(name)
         mem = pss_mib(procs + [os.getpid()])
-        cpu_lab = sum(cpu_seconds(p) for p in procs)
+        cpu_by = cpu_by_role(procs)
+        cpu_lab = sum(cpu_by.values())
         t1 = time.perf_counter()
         lab.down(name)
         down_s = time.perf_counter() - t1
@@ -113,9 +127,26 @@ def bench_netlab(nodes: int, pods: int, prefix: str) -> dict:
         lab.teardown(name)
         os.unlink(path)
     start, end = marks.get("pods_from", t0 + up_s) - t0, marks.get("pods_to", t0 + up_s) - t0
+    cpu_up = (cpu1[0] + cpu1[1]) - (cpu0[0] + cpu0[1])
     return {"pods": res.pods, "up_s": up_s, "down_s": down_s, "pss_mib": mem, "before_pods_s": start,
-            "pods_s": end - start, "after_pods_s": up_s - end,
-            "cpu_up_s": (cpu1[0] + cpu1[1]) - (cpu0[0] + cpu0[1]), "cpu_lab_s": cpu_lab}
+            "pods_s": end - start, "after_pods_s": up_s - end, "half_pods_s": marks.get("half_pods", t0 + up_s) - t0,
+            "cpu_up_s": cpu_up, "cpu_lab_s": cpu_lab, "cpu_by": cpu_by,
+            "cpu_others_s": max(0.0, busy - cpu_up - cpu_lab), "cpu_machine_s": busy}
+
+
+def cpu_by_role(pids: list[int]) -> dict[str, float]:
+    """CPU seconds of the lab's processes by role: labd (kubelet, controllers), node agents, pods' own processes."""
+    out: dict[str, float] = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        module = argv[argv.index(b"-m") + 1].decode() if b"-m" in argv[:-1] else ""
+        role = {"netlab.labd": "labd", "cni.overlay": "agents", "proxy": "agents", "netlab.zygote": "agents"}.get(module, "other")
+        out[role] = out.get(role, 0.0) + cpu_seconds(pid)
+    return out
 
 
 def cpu_seconds(pid: int) -> float:
@@ -162,8 +193,11 @@ def main() -> None:
         print(f"{'netlab':10} {total:>6} {nl['up_s']:>8.2f} {rate:>8.1f} {nl['down_s']:>10.2f} {at:>5}   "
               f"spec+fabric+daemons {nl['before_pods_s']:.2f} s, pods {nl['pods_s']:.2f} s "
               f"({total / max(nl['pods_s'], 1e-3):.0f} pods/s), nodes ready {nl['after_pods_s']:.2f} s; "
-              f"CPU: up {nl['cpu_up_s']:.1f} s, lab processes "
-              f"{nl['cpu_lab_s']:.1f} s; PSS of all lab processes {nl['pss_mib']:.0f} MiB; settled {waited:.1f} s",
+              f"half the pods running at {nl['half_pods_s']:.2f} s; "
+              f"CPU: up {nl['cpu_up_s']:.1f} s, lab processes {nl['cpu_lab_s']:.1f} s ("
+              + ", ".join(f"{k} {v:.1f}" for k, v in sorted(nl["cpu_by"].items())) + "), "
+              f"the rest of the machine {nl['cpu_others_s']:.1f} s of {nl['cpu_machine_s']:.1f} s busy; "
+              f"PSS of all lab processes {nl['pss_mib']:.0f} MiB; settled {waited:.1f} s",
               flush=True)
     if not args.skip_mininet:
         waited = settle()
