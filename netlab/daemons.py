@@ -101,7 +101,7 @@ class Zygote:
     `started()` records their PIDs and starts alone any daemon the zygote
     did not fork (it failed). It runs in namespace `netns_name` (it touches
     no network: each fork enters its own). Leaving the `with` block without
-    `fork` ends it, forking nothing.
+    `fork` ends it, forking nothing; with no `argvs`, none is started.
     """
 
     def __init__(self, lab: str, netns_name: str, preload: tuple[str, ...], argvs: list[list[str]]) -> None:
@@ -115,6 +115,8 @@ class Zygote:
         os.makedirs(pid_dir(lab), exist_ok=True)
         os.makedirs(log_dir(lab), exist_ok=True)
         self.log_path = os.path.join(log_dir(lab), "zygote.log")
+        if not argvs:
+            return  # nothing to fork: no zygote
         argv = [sys.executable, "-m", "netlab.zygote", f"{zygote.PRELOAD_FLAG}={','.join(preload)}", zygote.pad_argv(argvs)]
         with open(self.log_path, "ab") as log:
             try:

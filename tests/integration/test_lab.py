@@ -112,6 +112,42 @@ def test_second_up_changes_nothing_and_says_so(labs):
     assert daemons.recorded_pid(name, lab.LABD) == pid
 
 
+def test_node_agents_are_forks_of_one_zygote_that_look_started_alone(labs):
+    name = labs.name()
+    path = labs.lab_yaml(name, "nodes: 2", pod("a"))
+    labs.up(path)
+    agents = {d: daemons.recorded_pid(name, d) for d in ("flanneld-node1", "kube-proxy-node1", "flanneld-node2",
+                                                          "kube-proxy-node2")}
+    parents = set()
+    for d, pid in agents.items():
+        node = d.rsplit("-", 1)[1]
+        with open(f"/proc/{pid}/cmdline") as f:
+            argv = [a for a in f.read().split("\0") if a]
+        assert argv[:3] == [sys.executable, "-m", "cni.overlay" if d.startswith("flanneld") else "proxy"], argv
+        assert argv[argv.index("--node") + 1] == node
+        assert os.readlink(f"/proc/{pid}/ns/net") == f"net:[{netns.inode(names.node_netns(name, node))}]"
+        assert os.getsid(pid) == pid
+        with open(f"/proc/{pid}/stat") as f:
+            parents.add(int(f.read().rsplit(")", 1)[1].split()[1]))
+        assert pid in daemons.lab_processes(name)
+    (zygote,) = parents  # one parent for all four, itself the lab's, which reaps what ends
+    with open(f"/proc/{zygote}/cmdline") as f:
+        assert "netlab.zygote" in f.read().split("\0")
+    assert zygote in daemons.lab_processes(name)
+    with open(os.path.join(daemons.log_dir(name), "flanneld-node2.log")) as f:
+        assert "lease 10.244.2.0/24" in f.read()
+    # An agent that dies is gone at once (reaped), and the next `up` starts it again, alone.
+    os.kill(agents["flanneld-node2"], signal.SIGKILL)
+    wait_until(lambda: daemons.start_time(agents["flanneld-node2"]) is None, what="flanneld-node2 reaped")
+    with open(os.path.join(daemons.log_dir(name), "zygote.log")) as f:
+        assert f"flanneld-node2 (pid {agents['flanneld-node2']}) ended: signal 9" in f.read()
+    res = labs.up(path)
+    assert res.changes == ["daemon flanneld-node2"]
+    assert daemons.alive(name, "flanneld-node2") and daemons.recorded_pid(name, "kube-proxy-node1") == agents["kube-proxy-node1"]
+    st = lab.status(name)
+    assert all(n["ready"] for n in st["nodes"])
+
+
 def test_up_adds_and_prunes_pods(labs):
     name = labs.name()
     labs.up(labs.lab_yaml(name, "nodes: 1", pod("a") + pod("b")))
