@@ -50,8 +50,14 @@ CTRL_ATTR_FAMILY_ID = 1
 CTRL_ATTR_FAMILY_NAME = 2
 
 # A batch is at most this many bytes per sendmsg (the kernel refuses more than
-# the socket's send buffer, ~208 KiB by default).
+# the socket's send buffer, ~208 KiB by default), and at most one request per
+# this many bytes of receive buffer: if every request of a batch failed, all
+# their errors (an skb each, under 1 KiB with NETLINK_CAP_ACK) must fit, or the
+# kernel drops some and the read fails with ENOBUFS.
 BATCH_BYTES = 64 * 1024
+RCVBUF_PER_REQUEST = 1024
+# No answer for this long: the exchange is abandoned (the sync fails and is retried).
+RECV_TIMEOUT = 120.0
 
 
 def _pad(n: int) -> int:
@@ -133,13 +139,16 @@ def genl_body(cmd: int, version: int, attrs: bytes) -> bytes:
     return GENL_HDR.pack(cmd, version, 0) + attrs
 
 
-def windows(requests: list[tuple[int, int, bytes]], limit: int = BATCH_BYTES) -> Iterator[list[tuple[int, int, bytes]]]:
-    """Consecutive slices of (type, flags, body) requests, each at most `limit` bytes framed."""
+def windows(
+    requests: list[tuple[int, int, bytes]], limit: int = BATCH_BYTES, count: int = 1 << 30
+) -> Iterator[list[tuple[int, int, bytes]]]:
+    """Consecutive slices of (type, flags, body) requests, each at most `limit` bytes framed
+    and `count` requests."""
     cur: list[tuple[int, int, bytes]] = []
     size = 0
     for r in requests:
         n = _pad(NLMSG_HDR.size + len(r[2]))
-        if cur and size + n > limit:
+        if cur and (size + n > limit or len(cur) >= count):
             yield cur
             cur, size = [], 0
         cur.append(r)
@@ -158,6 +167,7 @@ class BatchSocket:
 
     sock: socket.socket
     seq: int = 0
+    max_requests: int = 1 << 30  # per sendmsg (see RCVBUF_PER_REQUEST)
 
     @classmethod
     def open(cls, protocol: int, make=socket.socket) -> "BatchSocket":
@@ -171,7 +181,9 @@ class BatchSocket:
                 break
             except OSError:
                 continue
-        return cls(s)
+        s.settimeout(RECV_TIMEOUT)
+        rcvbuf = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        return cls(s, max_requests=max(1, rcvbuf // RCVBUF_PER_REQUEST))
 
     def close(self) -> None:
         self.sock.close()
@@ -188,7 +200,7 @@ class BatchSocket:
         batch could not be confirmed at all (the socket failed) raises.
         """
         result: list[int] = []
-        for win in windows(requests):
+        for win in windows(requests, BATCH_BYTES, self.max_requests):
             seqs = [self._next_seq() for _ in win]
             first, last = seqs[0], seqs[-1]
             data = b"".join(

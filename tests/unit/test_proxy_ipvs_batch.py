@@ -117,6 +117,14 @@ def test_windows_split_by_framed_size_and_keep_order():
     assert [r for w in ws for r in w] == reqs
     assert all(sum((NLMSG_HDR.size + len(b) + 3) & ~3 for _, _, b in w) <= 400 for w in ws)
     assert list(windows([(20, 0, bytes(1000))], limit=400)) == [[(20, 0, bytes(1000))]]  # never empty
+    assert [len(w) for w in windows([(20, 0, b"")] * 10, count=4)] == [4, 4, 2]  # room for every error
+
+
+def test_a_socket_sends_no_more_requests_at_once_than_its_receive_buffer_has_room_for_errors():
+    k = FakeKernelSocket(lambda kind, flags, body: errno.EPERM)
+    s = BatchSocket(k, max_requests=3)
+    assert s.batch([(20, 0, b"")] * 7) == [errno.EPERM] * 7
+    assert [len(m) for m in k.sent] == [3, 3, 1]
 
 
 def test_a_batch_is_one_sendmsg_with_only_its_last_request_acked():
