@@ -208,6 +208,8 @@ def main() -> None:
               f"settled {waited:.1f} s")
         rate = statistics.median(rates)
         print(f"ratio netlab/mininet host rate: {rate / mn_rate:.1f}x" + (" (median netlab run)" if len(rates) > 1 else ""))
+        if len(rates) > 1:
+            print("ratio of each netlab run: " + ", ".join(f"{r / mn_rate:.1f}x" for r in rates))
 
 
 if __name__ == "__main__":
