@@ -320,6 +320,9 @@ def _bystander(marker: str) -> subprocess.Popen:
     return subprocess.Popen(["sleep", "120"], env={**os.environ, daemons.ENV_LAB: marker})
 
 
+@pytest.mark.skipif(not (os.environ.get("CI") or os.environ.get("NETLAB_TEST_CLEANUP_ALL") == "1"),
+                    reason="`netlab cleanup` without a lab removes every lab on this machine, other users' too:"
+                           " runs in CI (CI=true, a machine of its own) or with NETLAB_TEST_CLEANUP_ALL=1")
 def test_cleanup_removes_every_lab_and_nothing_else(labs):
     # Not to be run while others use this machine: it removes every lab here, theirs too.
     one, two = labs.name(), labs.name()
