@@ -21,3 +21,12 @@ def test_vagrantfile_loads_the_modules_a_stock_kernel_needs():
     for mod in ("br_netfilter", "vxlan", "ip_vs", "dummy", "nf_conntrack"):
         assert mod in text
     assert "./bootstrap.sh demo" in text and '"libvirt"' in text and '"virtualbox"' in text
+
+
+def test_vagrantfile_loads_a_module_for_every_ipvs_scheduler():
+    """A scheduler netlab-proxy accepts (kube-proxy's list) must load in the VM: ip_vs_<name>."""
+    from proxy.model import IPVS_SCHEDULERS
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "..", "Vagrantfile")).read()
+    mods = text.split('mods="', 1)[1].split('"', 1)[0].split()
+    assert sorted(m for m in mods if m.startswith("ip_vs_")) == sorted(f"ip_vs_{s}" for s in IPVS_SCHEDULERS)
