@@ -24,6 +24,11 @@ def kernel():
     name = unique("nlipvs-k")
     netns.create(name)
     try:
+        # lo up, as on any node: IPVS refuses a real server whose address type is not
+        # unicast or local (ip_vs_new_dest), and a namespace with no address has no
+        # local routing table to say so.
+        with netns.iproute(name) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         reason = ipvs_unavailable_reason(name)
         if reason:
             if os.environ.get("NETLAB_REQUIRE_IPVS") == "1":
@@ -46,7 +51,7 @@ def test_one_batch_applies_in_order_and_maps_each_failure_to_its_object(kernel):
         Op("add-rs", a, RealServer("10.244.1.5", 8080, 3)),  # needs the line above, same sendmsg
         Op("add-vs", a),  # EEXIST
         Op("add-rs", nowhere, RealServer("10.244.1.5", 8080)),  # ESRCH: no such service
-        Op("add-vs", VirtualServer("10.96.0.4", "TCP", 80, "no-such-scheduler")),  # ENOENT
+        Op("add-vs", VirtualServer("10.96.0.4", "TCP", 80, "nosuch")),  # ENOENT: no ip_vs_nosuch module
         Op("add-vs", b),
         Op("add-rs", b, RealServer("10.244.1.6", 8080)),
         Op("delete-vs", nowhere),  # ESRCH on delete: already so, done
