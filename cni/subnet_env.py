@@ -37,10 +37,14 @@ def render(network: str, subnet: str, mtu: int, ipmasq: bool) -> str:
 def parse(text: str) -> dict:
     """The values of a subnet.env, as the flannel CNI plugin's loadFlannelSubnetEnv reads them.
 
-    Returns ``{"network": "10.244.0.0/16", "subnet": "10.244.1.0/24",
-    "mtu": 1450, "ipmasq": True}`` plus the IPv6 keys when present
-    (``network6``, ``subnet6``). The subnet comes back as a network, as
-    flannel's net.ParseCIDR does. Raises ValueError naming a bad line.
+    Returns ``{"network": "10.244.0.0/16", "networks": ["10.244.0.0/16"],
+    "subnet": "10.244.1.0/24", "mtu": 1450, "ipmasq": True}`` plus the IPv6
+    keys when present (``network6``, ``networks6``, ``subnet6``). The subnet
+    comes back as a network, as flannel's net.ParseCIDR does. A network
+    line may list several CIDRs, comma-separated, as flanneld writes them
+    for a multi-network config: ``networks`` holds each once, in order
+    (flannel's isSubnetAlreadyPresent), ``network`` the first. Raises
+    ValueError naming a bad line.
     """
     out: dict = {}
     for n, line in enumerate(text.splitlines(), 1):
@@ -51,12 +55,16 @@ def parse(text: str) -> dict:
         if not sep:
             raise ValueError(f"subnet.env line {n}: expected KEY=VALUE, got {line!r}")
         try:
-            if key == "FLANNEL_NETWORK":
-                out["network"] = str(ipaddress.ip_network(value, strict=False))
+            if key in ("FLANNEL_NETWORK", "FLANNEL_IPV6_NETWORK"):
+                nets: list[str] = []
+                for cidr in value.split(","):
+                    cidr_s = str(ipaddress.ip_network(cidr, strict=False))
+                    if cidr_s not in nets:
+                        nets.append(cidr_s)
+                suffix = "6" if key == "FLANNEL_IPV6_NETWORK" else ""
+                out["network" + suffix], out["networks" + suffix] = nets[0], nets
             elif key == "FLANNEL_SUBNET":
                 out["subnet"] = str(ipaddress.ip_interface(value).network)
-            elif key == "FLANNEL_IPV6_NETWORK":
-                out["network6"] = str(ipaddress.ip_network(value, strict=False))
             elif key == "FLANNEL_IPV6_SUBNET":
                 out["subnet6"] = str(ipaddress.ip_interface(value).network)
             elif key == "FLANNEL_MTU":

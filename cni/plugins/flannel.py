@@ -24,8 +24,14 @@ from cni.errors import CNIError, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE, TRY_
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
-REQUIRED = ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
-_KEYS = {"FLANNEL_NETWORK": "network", "FLANNEL_SUBNET": "subnet", "FLANNEL_MTU": "mtu", "FLANNEL_IPMASQ": "ipmasq"}
+# What subnetEnv.missing() asks for: a network and a subnet of either family (IPv4,
+# IPv6 or both), the MTU and the masquerade flag; each entry is (env keys, parse keys).
+REQUIRED = (
+    (("FLANNEL_NETWORK", "FLANNEL_IPV6_NETWORK"), ("network", "network6")),
+    (("FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET"), ("subnet", "subnet6")),
+    (("FLANNEL_MTU",), ("mtu",)),
+    (("FLANNEL_IPMASQ",), ("ipmasq",)),
+)
 
 
 def _str_opt(conf: dict, key: str, default: str) -> str:
@@ -52,7 +58,7 @@ def load_env(path: str) -> dict:
         env = subnet_env.parse(text)
     except ValueError as e:
         raise CNIError(INVALID_CONFIG, f"{path}: {e}") from None
-    missing = [k for k in REQUIRED if _KEYS[k] not in env]
+    missing = [n for names, keys in REQUIRED if not any(k in env for k in keys) for n in names]
     if missing:
         raise CNIError(TRY_AGAIN, f"{path} is missing {', '.join(missing)}")
     return env
@@ -68,11 +74,27 @@ def _copy(v: object) -> object:
 
 
 def build_delegate(conf: dict, env: dict) -> dict:
-    """Pure: the delegate config flannel hands to bridge (flannel's cmdAdd + getDelegateIPAM)."""
-    d = conf.get("delegate") or {}
+    """Pure: the delegate config flannel hands to bridge (flannel's cmdAdd, doCmdAdd, getDelegateIPAM).
+
+    Field for field what flannel-io/cni-plugin builds (tests/unit/test_cni_flannel.py),
+    with two netlab additions: "netlab-bridge" is a bridge too (isGateway
+    defaults to true for it), and the IPAM dataDir follows the flannel
+    dataDir (see the module docstring).
+    """
+    d = conf.get("delegate")
+    if d is None:
+        d = {}
     if not isinstance(d, dict):
         raise CNIError(INVALID_CONFIG, "delegate must be an object")
+    if "type" in d and not isinstance(d["type"], str):
+        raise CNIError(INVALID_CONFIG, "'delegate' dictionary, if present, must have (string) 'type' field")
+    if "name" in d:
+        raise CNIError(INVALID_CONFIG, "'delegate' dictionary must not have 'name' field, it'll be set by flannel")
+    if "ipam" in d:
+        raise CNIError(INVALID_CONFIG, "'delegate' dictionary must not have 'ipam' field, it'll be set by flannel")
     d = _copy(d)
+    if conf.get("runtimeConfig") is not None:
+        d["runtimeConfig"] = _copy(conf["runtimeConfig"])
     d["name"] = conf["name"]
     d.setdefault("type", "bridge")
     d.setdefault("ipMasq", not env["ipmasq"])
@@ -86,21 +108,38 @@ def build_delegate(conf: dict, env: dict) -> dict:
         raise CNIError(INVALID_CONFIG, "ipam must be an object")
     ipam = _copy(ipam)
     ipam.setdefault("type", "host-local")
-    ranges = [[{"subnet": env["subnet"]}]]
-    if env.get("subnet6"):
-        ranges.append([{"subnet": env["subnet6"]}])
-    ipam["ranges"] = ranges
-    routes = list(ipam.get("routes") or [])
-    routes.append({"dst": env["network"]})
-    if env.get("network6"):
-        routes.append({"dst": env["network6"]})
+    ipam["ranges"] = [[{"subnet": env[k]}] for k in ("subnet", "subnet6") if env.get(k)]
+    routes = [_route(r) for r in _routes_of(ipam)]
+    routes += [{"dst": n} for n in env.get("networks") or ([env["network"]] if env.get("network") else [])]
+    routes += [{"dst": n} for n in env.get("networks6") or ([env["network6"]] if env.get("network6") else [])]
     ipam["routes"] = routes
     if conf.get("dataDir") and "dataDir" not in ipam:
         ipam["dataDir"] = os.path.join(os.path.dirname(os.path.normpath(conf["dataDir"])), "networks")
     d["ipam"] = ipam
-    if "runtimeConfig" in conf:
-        d["runtimeConfig"] = conf["runtimeConfig"]
     return d
+
+
+def _routes_of(ipam: dict) -> list:
+    routes = ipam.get("routes")
+    if routes is None:
+        return []
+    if not isinstance(routes, list) or not all(isinstance(r, dict) and isinstance(r.get("dst"), str) for r in routes):
+        raise CNIError(INVALID_CONFIG, "failed to assemble Delegate IPAM: failed to read IPAM routes", repr(routes))
+    return routes
+
+
+# types.Route's JSON fields (libcni 1.x), each omitted when empty as its omitempty tags say.
+_ROUTE_KEYS = ("dst", "gw", "mtu", "advmss", "priority", "table", "scope")
+
+
+def _route(r: dict) -> dict:
+    """An ipam route as flannel re-encodes it (getIPAMRoutes decodes into types.Route): known keys, no empties."""
+    out = {"dst": r["dst"]}
+    for k in _ROUTE_KEYS[1:]:
+        v = r.get(k)
+        if v is not None and (v != 0 or k in ("table", "scope")) and v != "":
+            out[k] = v
+    return out
 
 
 def _scratch(conf: dict, container_id: str) -> str:

@@ -13,7 +13,8 @@ from cni.plugins import bridge, flannel, hostlocal
 def test_subnet_env_renders_flannels_format_and_parses_back():
     text = subnet_env.render("10.244.0.0/16", "10.244.1.0/24", 1450, True)
     assert text == "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
-    assert subnet_env.parse(text) == {"network": "10.244.0.0/16", "subnet": "10.244.1.0/24", "mtu": 1450, "ipmasq": True}
+    assert subnet_env.parse(text) == {"network": "10.244.0.0/16", "networks": ["10.244.0.0/16"], "subnet": "10.244.1.0/24",
+                                     "mtu": 1450, "ipmasq": True}
     assert subnet_env.render("10.244.0.0/16", "10.244.7.1/24", 1500, False).splitlines()[1:] == [
         "FLANNEL_SUBNET=10.244.7.1/24", "FLANNEL_MTU=1500", "FLANNEL_IPMASQ=false"]
     with pytest.raises(ValueError):
