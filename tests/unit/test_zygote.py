@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from netlab import zygote
 
 PROBE = '''
@@ -46,6 +48,9 @@ def test_each_fork_runs_its_module_with_its_own_argv_log_and_cmdline(tmp_path):
         # /proc/PID/cmdline reads as the daemon's own argv (then NUL padding), not the zygote's.
         assert got["cmdline"][: len(argv)] == argv and not any(got["cmdline"][len(argv):])
         assert (tmp_path / f"{name}.log").read_text() == f"probe ran {argv[3:]}\n"
+    # The zygote stayed their parent: it reaped both and logged their status (sys.exit(3)).
+    for name, pid in pids.items():
+        assert f"netlab zygote: {name} (pid {pid}) ended: exit status 3" in out.stderr
 
 
 def test_only_python_dash_m_daemons_are_taken():
@@ -66,3 +71,22 @@ def test_a_zygote_told_nothing_forks_nothing_and_exits():
     out = subprocess.run([sys.executable, "-m", "netlab.zygote", "--preload=json", "--pad="], input="",
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout == ""
+
+
+@pytest.mark.parametrize("body, status, logged", [
+    ("pass", 0, ""),
+    ("import sys; sys.exit(5)", 5, ""),
+    ("import sys; sys.exit('no config')", 1, "no config\n"),
+    ("raise RuntimeError('boom')", 1, "RuntimeError: boom\n"),
+    ("import atexit; atexit.register(print, 'atexit ran')", 0, "atexit ran\n"),
+])
+def test_a_daemon_ends_with_the_status_python_would_give(tmp_path, body, status, logged):
+    (tmp_path / "ender.py").write_text(body + "\n")
+    argv = [sys.executable, "-m", "ender"]
+    request = {"daemons": [{"name": "e", "netns": None, "argv": argv, "log": str(tmp_path / "e.log")}]}
+    out = subprocess.run([sys.executable, "-m", "netlab.zygote", zygote.pad_argv([argv])], input=json.dumps(request),
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=f"{tmp_path}:{os.getcwd()}"),
+                         timeout=60, check=True)
+    (pid,) = [json.loads(line)["pid"] for line in out.stdout.splitlines()]
+    assert f"netlab zygote: e (pid {pid}) ended: exit status {status}" in out.stderr
+    assert (tmp_path / "e.log").read_text().endswith(logged)
