@@ -188,12 +188,13 @@ def ensure_addr(nl: RtNetlink, br, gw: str, prefixlen: int, force: bool) -> None
             if force:
                 nl.del_addr(br.index, a.address, a.prefixlen)
             else:
-                raise CNIError(INTERNAL, f'"{br.name}" already has an IP address different from {want}')
+                # The reference wraps ensureAddr's error: "failed to set bridge addr: ..."
+                raise CNIError(INTERNAL, f'failed to set bridge addr: "{br.name}" already has an IP address different from {want}')
     try:
         nl.add_addr(br.index, gw, prefixlen)
     except NetlinkError as e:
         if e.errno != 17:
-            raise CNIError(INTERNAL, f"could not add IP address to {br.name}", str(e)) from None
+            raise CNIError(INTERNAL, f'failed to set bridge addr: could not add IP address to "{br.name}"', str(e)) from None
     # "Set the bridge's MAC to itself", so it stops following its lowest-numbered port.
     nl.set_link(br.index, mac=bytes(int(x, 16) for x in br.mac.split(":")))
 
@@ -485,46 +486,105 @@ def delete(conf: dict, args: skel.Args) -> None:
 
 
 def check(conf: dict, args: skel.Args) -> None:
-    """As cmdCheck: the bridge, the pod interface, its addresses and routes match prevResult."""
-    import ipaddress
+    """As cmdCheck: IPAM's CHECK, then the bridge, the pod interface, its host veth, addresses and routes.
 
+    In the reference's order and with its messages (validateCniBrInterface,
+    validateCniContainerInterface, validateCniVethInterface, then
+    ip.ValidateExpectedInterfaceIPs and ip.ValidateExpectedRoute), so a
+    runtime reading the error sees what it would see from
+    /usr/lib/cni/bridge. One difference, on purpose: a prevResult route
+    without "gw" matches the pod's route to that destination whatever its
+    gateway; the reference looks for a route with no gateway, which its
+    own ADD never installs (ConfigureIface routes via the family's
+    gateway), so its CHECK fails right after its ADD for such a route.
+    """
     from cni import invoke
 
     cfg = parse_config(conf)
     prev = skel.prev_result(conf) or {}
     if cfg.ipam_type:
         invoke.delegate("CHECK", conf, args, cfg.ipam_type)
-    host = nscache.netlink(args.host_netns)
-    br = host.get_link(cfg.bridge)
-    if br is None or br.kind != "bridge":
-        raise CNIError(INTERNAL, f'bridge "{cfg.bridge}" not found')
     ifaces = prev.get("interfaces") or []
-    cont = next((i for i in ifaces if i.get("sandbox") and i.get("name") == args.ifname), None)
-    if cont is None:
-        raise CNIError(INTERNAL, f"Sandbox interface {args.ifname} not found in prevResult")
+    br_map: dict = {}
+    cont_map: dict = {}
+    for i in ifaces:  # the reference's loop: the last match wins
+        if i.get("name") == cfg.bridge:
+            br_map = i
+        elif i.get("name") == args.ifname and i.get("sandbox") == args.netns:
+            cont_map = i
+    host = nscache.netlink(args.host_netns)
+    br = _check_iface(host, br_map, in_sandbox=False)
+    if br.kind != "bridge":
+        raise CNIError(INTERNAL, f"Interface {br.name} does not have link type of bridge")
+    if br_map.get("mac") and br_map["mac"] != br.mac:
+        raise CNIError(INTERNAL, f"Bridge interface {br.name} Mac doesn't match: {br_map['mac']}")
+    if args.netns != cont_map.get("sandbox", ""):
+        raise CNIError(INTERNAL, f"Sandbox in prevResult {cont_map.get('sandbox', '')} doesn't match configured netns: {args.netns}")
     with _Pod(args.netns) as (_fd, pod):
-        link = pod.get_link(args.ifname)
-        if link is None:
-            raise CNIError(INTERNAL, f"Container interface {args.ifname} not found")
-        if cont.get("mac") and cont["mac"] != link.mac:
-            raise CNIError(INTERNAL, f"Interface {args.ifname} Mac {cont['mac']} doesn't match container Mac: {link.mac}")
-        have = {a.cidr for a in pod.addrs(link.index)}
-        for ip in prev.get("ips") or []:
-            if ip["address"] not in have:
-                raise CNIError(INTERNAL, f"Failed to match addr {ip['address']} on interface {args.ifname}")
-        rts = {(r.dst, r.gw) for fam in (AF_INET, AF_INET6) for r in pod.routes(fam) if r.oif == link.index}
-        for r in prev.get("routes") or []:
-            dst = str(ipaddress.ip_network(r["dst"], strict=False))
-            if not any(d == dst for d, _ in rts):
-                raise CNIError(INTERNAL, f"Failed to match route {dst} on interface {args.ifname}")
-        peer = link.peer_index
-    host_if = next((i for i in ifaces if not i.get("sandbox") and i.get("name") != cfg.bridge), None)
-    if host_if is not None:
-        hl = host.get_link(host_if["name"])
-        if hl is None or hl.master != br.index:
-            raise CNIError(INTERNAL, f"veth {host_if['name']} is not attached to {cfg.bridge}")
-        if peer and hl.index != peer:
-            raise CNIError(INTERNAL, f"veth {host_if['name']} is not the peer of {args.ifname}")
+        cont = _check_iface(pod, cont_map, in_sandbox=True)
+        if cont.kind == "veth" and cont_map.get("mac") and cont_map["mac"] != cont.mac:
+            raise CNIError(INTERNAL, f"Interface {cont.name} Mac {cont_map['mac']} doesn't match container Mac: {cont.mac}")
+        veth_found = False
+        if cont.kind == "veth":
+            for i in ifaces:
+                if i.get("name") in (br_map.get("name"), cont_map.get("name")):
+                    continue
+                hl = _check_iface(host, i, in_sandbox=False)
+                if hl.kind != "veth" or hl.index != cont.peer_index or hl.master != br.index:
+                    continue
+                if i.get("mac") and i["mac"] != hl.mac:
+                    raise CNIError(INTERNAL, f"Interface {hl.name} Mac doesn't match: {i['mac']} not found")
+                veth_found = True
+                break
+        if cont.kind != "veth":
+            raise CNIError(INTERNAL, f"CNI created interface in container {args.ifname} not found")
+        if not veth_found:
+            raise CNIError(INTERNAL, f"CNI veth created for bridge {cfg.bridge} was not found")
+        _check_ips_and_routes(pod, cont, prev)
+
+
+def _check_iface(nl: RtNetlink, intf: dict, in_sandbox: bool):
+    """As the reference's validateInterface: the prevResult interface exists where it should."""
+    name = intf.get("name") or ""
+    if not name:
+        raise CNIError(INTERNAL, "Interface name missing ")
+    link = nl.get_link(name)
+    if link is None:
+        raise CNIError(INTERNAL, f"Interface name {name} not found")
+    if in_sandbox and not intf.get("sandbox"):
+        raise CNIError(INTERNAL, f"Interface {name} is expected to be in a namespace")
+    if not in_sandbox and intf.get("sandbox"):
+        raise CNIError(INTERNAL, f"Interface {name} should not be in sandbox")
+    return link
+
+
+def _go_route(dst: str, gw: str | None) -> str:
+    """A types.Route as the reference's errors print it (%+v): {Dst:{IP:10.70.0.0 Mask:ffff0000} GW:<nil>}.
+
+    The IP as the config wrote it (types.ParseCIDR keeps host bits), the mask in hex (net.IPMask.String).
+    """
+    import ipaddress
+
+    iface = ipaddress.ip_interface(dst)
+    mask = int(iface.network.netmask).to_bytes(iface.network.max_prefixlen // 8, "big").hex()
+    return f"{{Dst:{{IP:{iface.ip} Mask:{mask}}} GW:{gw or '<nil>'}}}"
+
+
+def _check_ips_and_routes(pod: RtNetlink, link, prev: dict) -> None:
+    """ip.ValidateExpectedInterfaceIPs, then ip.ValidateExpectedRoute (main table, any device)."""
+    import ipaddress
+
+    have = {a.cidr for a in pod.addrs(link.index)}
+    for ip in prev.get("ips") or []:
+        want = ipaddress.ip_interface(ip["address"])
+        if f"{want.ip}/{want.network.prefixlen}" not in have:
+            raise CNIError(INTERNAL, f"Failed to match addr {want} on interface {link.name}")
+    rts = [r for fam in (AF_INET, AF_INET6) for r in pod.routes(fam) if r.table == 254]
+    for r in prev.get("routes") or []:
+        dst = ipaddress.ip_network(r["dst"], strict=False)
+        gw = str(ipaddress.ip_address(r["gw"])) if r.get("gw") else None
+        if not any(ipaddress.ip_network(k.dst) == dst and (gw is None or k.gw == gw) for k in rts):
+            raise CNIError(INTERNAL, f"Expected Route {_go_route(r['dst'], gw)} not found in routing table")
 
 
 def gc(conf: dict, args: skel.Args) -> None:

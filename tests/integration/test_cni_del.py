@@ -14,26 +14,12 @@ import os
 
 import pytest
 
-from cni import cli
 from cni.runtime import Runtime
 from netlab import netns
-from tests.integration.test_cni_support import Namespaces, sh
+from tests.integration.test_cni_support import bindir, nss_fixture, sh  # noqa: F401 (bindir: a fixture)
 
 
-@pytest.fixture(scope="module")
-def bindir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cnibin")
-    cli.install(str(d))
-    return str(d)
-
-
-@pytest.fixture
-def nss():
-    n = Namespaces("nlca")
-    try:
-        yield n
-    finally:
-        n.close()
+nss = nss_fixture("nlca")
 
 
 def conf(data_dir: str) -> dict:

@@ -22,12 +22,9 @@ import re
 
 import pytest
 
-from cni import cli
 from cni.runtime import Runtime
 from netlab import netns
-from tests.integration.test_cni_support import Namespaces, sh
-
-REF = "/usr/lib/cni"
+from tests.integration.test_cni_support import REF, Namespaces, bindir, call, error_of, nss_fixture, sh  # noqa: F401 (bindir: a fixture)
 
 BASE = {
     "cniVersion": "1.0.0", "name": "difnet", "type": "bridge", "bridge": "cni0",
@@ -63,20 +60,7 @@ def make_conf(case: dict, ours: bool, data_dir: str) -> dict:
     return c
 
 
-@pytest.fixture(scope="module")
-def bindir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cnibin")
-    cli.install(str(d))
-    return str(d)
-
-
-@pytest.fixture
-def nss():
-    n = Namespaces()
-    try:
-        yield n
-    finally:
-        n.close()
+nss = nss_fixture()
 
 
 MAC = re.compile(r"\b[0-9a-f]{2}(:[0-9a-f]{2}){5}\b")
@@ -196,3 +180,98 @@ def test_same_as_reference(name, nss, bindir, tmp_path):
         assert our_add[key] == ref_add[key], f"{name} after ADD: {key}"
     for key in ref_del:
         assert our_del[key] == ref_del[key], f"{name} after DEL: {key}"
+
+
+# -- forceAddress: a second network on the same bridge, with another subnet ------------------------
+
+
+def force_run(nss: Namespaces, bindir: str, tmp_path, ours: bool, role: str) -> dict:
+    """net1 (10.77.1.0/24) makes cni0 a gateway; net2 (10.79.0.0/24) then asks for its own gateway address on it."""
+    node = nss.new(f"{role}n")
+    data_dir = str(tmp_path / role)
+    rt = Runtime(cni_path=[bindir, REF], host_netns=node)
+    net1 = make_conf({"name": "net1", "isGateway": True}, ours, data_dir)
+    net2 = make_conf({"name": "net2", "isGateway": True, "ipam": {"ranges": [[{"subnet": "10.79.0.0/24"}]]}}, ours, data_dir)
+    out: dict = {}
+    rt.add(net1, "frcctr0", netns.path(nss.new(f"{role}a")))
+    # Without forceAddress: ensureAddr refuses a second IPv4 address on the bridge.
+    pod_b = nss.new(f"{role}b")
+    code, err = call(rt, net2["type"], "ADD", "frcctr1", pod_b, net2)
+    out["refused"] = (code, error_of(err))
+    out["refused_bridge"] = [a for name, a in addrs(node) if name == "cni0"]
+    out["refused_files"] = sorted(f for f in os.listdir(os.path.join(data_dir, "net2")) if f[0].isdigit())
+    out["refused_pod_eth0"] = any(l["ifname"] == "eth0" for l in links(pod_b))
+    assert call(rt, net2["type"], "DEL", "frcctr1", pod_b, net2) == (0, None)  # as a runtime does after a failed ADD
+    # With it: the old gateway address goes, the new one takes its place (a fresh pod).
+    pod_c = nss.new(f"{role}c")
+    forced = dict(net2, forceAddress=True)
+    result = rt.add(forced, "frcctr2", netns.path(pod_c))
+    out["forced"] = snapshot(node, pod_c, data_dir, result)
+    rt.delete(forced, "frcctr2", netns.path(pod_c))
+    out["forced_del"] = norm(json.dumps(addrs(node)), node, pod_c)
+    return out
+
+
+def test_force_address_same_as_reference(nss, bindir, tmp_path):
+    ref = force_run(nss, bindir, tmp_path, ours=False, role="r")
+    ours = force_run(nss, bindir, tmp_path, ours=True, role="o")
+    assert ref["refused"] == (1, (999, 'failed to set bridge addr: "cni0" already has an IP address different from 10.79.0.1/24'))
+    assert ours["refused"] == ref["refused"]
+    assert ours["refused_bridge"] == ref["refused_bridge"]  # cni0 keeps 10.77.1.1/24 only
+    assert ref["refused_bridge"] == [[("inet", "10.77.1.1", 24, "10.77.1.255", "global")]]
+    assert ours["refused_files"] == ref["refused_files"] == []  # the reservation is released by both
+    # Explained difference: the reference's failed ADD leaves the pod's veth behind (it
+    # releases only the IPAM reservation); netlab undoes the veth too (see cni/plugins/bridge.py).
+    assert ref["refused_pod_eth0"] is True and ours["refused_pod_eth0"] is False
+    for key in ref["forced"]:
+        assert ours["forced"][key] == ref["forced"][key], f"forceAddress after ADD: {key}"
+    assert "10.79.0.1" in ours["forced"]["node_addrs"] and "10.77.1.1" not in ours["forced"]["node_addrs"]
+    assert ours["forced_del"] == ref["forced_del"]
+
+
+# -- DNS: the config's "dns" in results, per version ----------------------------------------------
+
+DNS = {"nameservers": ["10.96.0.10"], "domain": "cluster.local",
+       "search": ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"], "options": ["ndots:5", "timeout:1"]}
+RESOLV = "nameserver 10.0.0.53\nnameserver 10.0.0.54\ndomain corp.example\nsearch a.example b.example\noptions ndots:2\n"
+DNS_CASES = {
+    # bridge passes the config's dns through (result.DNS = n.DNS).
+    "bridge-dns": ("bridge", {"dns": DNS}),
+    # ...and only it: host-local's resolvConf result is replaced by the bridge's (empty) dns.
+    "bridge-resolvconf": ("bridge", {"ipam": {"resolvConf": "RESOLV"}}),
+    # host-local alone ignores the config's dns (it reads only ipam.resolvConf).
+    "host-local-dns": ("host-local", {"dns": DNS}),
+    "host-local-resolvconf": ("host-local", {"dns": DNS, "ipam": {"resolvConf": "RESOLV"}}),
+}
+
+
+def dns_result(nss: Namespaces, bindir: str, tmp_path, case: str, version: str, ours: bool) -> tuple[int, dict]:
+    kind, extra = DNS_CASES[case]
+    role = ("o" if ours else "r") + version.replace(".", "")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(RESOLV)
+    extra = json.loads(json.dumps(extra).replace('"RESOLV"', json.dumps(str(resolv))))
+    conf = make_conf(dict(extra, cniVersion=version, name="dnsnet"), ours, str(tmp_path / role))
+    if kind == "host-local":
+        conf = dict(conf, type=conf["ipam"]["type"])
+    node, pod = nss.new(f"{role}n"), nss.new(f"{role}p")
+    code, out = call(Runtime(cni_path=[bindir, REF], host_netns=node), conf["type"], "ADD", "dnsctr", pod, conf)
+    return code, json.loads(norm(json.dumps(out), node, pod))
+
+
+@pytest.mark.parametrize("version", ["0.4.0", "1.0.0", "1.1.0"])
+@pytest.mark.parametrize("case", sorted(DNS_CASES))
+def test_dns_in_results_same_as_reference(case, version, nss, bindir, tmp_path):
+    ours = dns_result(nss, bindir, tmp_path, case, version, ours=True)
+    if version == "1.1.0":
+        # The reference (1.1.1) supports CNI up to 1.0.0 and refuses 1.1.0 (code 1). A 1.1.0
+        # result has 1.0.0's shape (libcni types/100 serves both), so ours is compared with
+        # the reference's 1.0.0 result, its cniVersion aside.
+        refused = dns_result(nss, bindir, tmp_path, case, "1.1.0", ours=False)
+        assert refused[0] == 1 and refused[1]["code"] == 1
+        ref = dns_result(nss, bindir, tmp_path, case, "1.0.0", ours=False)
+        ref[1]["cniVersion"] = "1.1.0"
+    else:
+        ref = dns_result(nss, bindir, tmp_path, case, version, ours=False)
+    assert ours == ref
+    assert ref[0] == 0 and "dns" in ref[1]

@@ -10,12 +10,11 @@ import sys
 
 import pytest
 
-from cni import cli, subnet_env
+from cni import subnet_env
 from cni.runtime import Runtime
 from netlab import netns
-from tests.integration.test_cni_support import Namespaces, sh
+from tests.integration.test_cni_support import REF, Namespaces, bindir, nss_fixture, sh  # noqa: F401 (bindir: a fixture)
 
-REF = "/usr/lib/cni"
 
 SERVER = r"""
 import socket, sys
@@ -28,20 +27,7 @@ while True:
 """
 
 
-@pytest.fixture(scope="module")
-def bindir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cnibin")
-    cli.install(str(d))
-    return str(d)
-
-
-@pytest.fixture
-def nss():
-    n = Namespaces()
-    try:
-        yield n
-    finally:
-        n.close()
+nss = nss_fixture()
 
 
 def chain(bridge_type: str, ipam_type: str, portmap_type: str, data_dir: str) -> dict:

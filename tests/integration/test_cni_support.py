@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 
-from cni import nscache
+import pytest
+
+from cni import cli, nscache
 from netlab import netns
 from tests.helpers import unique
 
@@ -40,3 +43,46 @@ def sh(ns: str, *argv: str) -> str:
 
 def try_sh(ns: str, *argv: str) -> subprocess.CompletedProcess:
     return netns.run_in(ns, list(argv), capture_output=True, text=True)
+
+
+REF = "/usr/lib/cni"  # Debian's containernetworking-plugins 1.1.1: CNI up to 1.0.0
+
+
+def call(rt, type_: str, command: str, container_id: str, pod: str | None, conf: dict,
+         ifname: str = "eth0") -> tuple[int, dict | None]:
+    """One exec'd plugin call as a runtime makes it: (exit code, decoded stdout or None).
+
+    `type_` is looked up along the runtime's CNI_PATH; `pod` is a namespace
+    name (None: no CNI_NETNS). The config goes on stdin as given.
+    """
+    env = rt.env(command, container_id, netns.path(pod) if pod else "", ifname)
+    r = rt.exec_raw(rt.find(type_), env, json.dumps(conf).encode())
+    return r.code, (json.loads(r.stdout) if r.stdout.strip() else None)
+
+
+def error_of(out: dict | None) -> tuple[int, str]:
+    """(code, msg) of a spec error object: what a runtime shows; "cniVersion"/"details" aside."""
+    assert out is not None and "code" in out, out
+    return out["code"], out["msg"]
+
+
+@pytest.fixture(scope="module")
+def bindir(tmp_path_factory) -> str:
+    """A CNI bin directory with netlab's plugins installed (`netlab cni install`'s code), one per module."""
+    d = tmp_path_factory.mktemp("cnibin")
+    cli.install(str(d))
+    return str(d)
+
+
+def nss_fixture(prefix: str = "nltest-cni"):
+    """A function-scoped `nss` fixture: a Namespaces with this suite's prefix, closed after the test."""
+
+    @pytest.fixture
+    def nss():
+        n = Namespaces(prefix)
+        try:
+            yield n
+        finally:
+            n.close()
+
+    return nss
