@@ -1,4 +1,8 @@
-"""The loopback plugin: bring `lo` up in the pod, as plugins/main/loopback."""
+"""The loopback plugin: bring `lo` up in the pod, as plugins/main/loopback.
+
+As the reference, the plugin works on `lo` whatever CNI_IFNAME says
+(it sets args.IfName = "lo"), and so names `lo` in its result.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +27,11 @@ def add(conf: dict, args: skel.Args) -> dict:
         return prev  # loopback passes a prevResult through
     v4 = [a for a in addrs if a.family == AF_INET]
     v6 = [a for a in addrs if a.family == AF_INET6]
+    for a in v4 + v6:  # the reference's sanity check: lo holds loopback addresses only
+        if not (a.address.startswith("127.") if a.family == AF_INET else a.address == "::1"):
+            raise CNIError(INTERNAL, f'loopback interface found with non-loopback address "{a.address}"')
     ips = [{"interface": 0, "address": a.cidr} for a in v4[:1] + v6[:1]]
-    out: dict = {"interfaces": [{"name": args.ifname, "mac": "00:00:00:00:00:00", "sandbox": args.netns}]}
+    out: dict = {"interfaces": [{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": args.netns}]}
     if ips:
         out["ips"] = ips
     return out
