@@ -112,6 +112,9 @@ class EtcdStore(Store):
         # The newest revision any answer to this client carried: events_since never answers older
         # (a client sees its own writes, and nothing older than what it has read).
         self.observed = 0
+        # The gRPC gateway's prefix: /v3 from etcd 3.4 on; etcd 3.3 (Ubuntu 22.04's
+        # etcd-server) serves the same API as /v3beta only. Found on the first 404.
+        self.api = "/v3"
 
     @property
     def host(self) -> str:
@@ -137,6 +140,7 @@ class EtcdStore(Store):
         return conn
 
     def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST {api}/{path} (e.g. "kv/range"), with the body as the gateway's JSON."""
         data = json.dumps(body).encode()
         # A kept-alive connection may have been closed by the server: one retry on the same
         # endpoint, then each other endpoint of the cluster in turn.
@@ -144,9 +148,14 @@ class EtcdStore(Store):
         for attempt in range(attempts):
             try:
                 conn = self._conn()
-                conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+                conn.request("POST", f"{self.api}/{path}", body=data, headers={"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 payload = resp.read()
+                if resp.status == 404 and self.api == "/v3":
+                    self.api = "/v3beta"  # etcd 3.3: ask again on its prefix
+                    conn.request("POST", f"{self.api}/{path}", body=data, headers={"Content-Type": "application/json"})
+                    resp = conn.getresponse()
+                    payload = resp.read()
                 break
             except (OSError, http.client.HTTPException) as e:
                 self._drop_conn()
@@ -159,7 +168,7 @@ class EtcdStore(Store):
             message = out.get("error") or out.get("message") or payload.decode(errors="replace")
             if "compacted" in str(message):
                 raise Compacted(str(message))
-            raise EtcdError(f"etcd {path}: {message}")
+            raise EtcdError(f"etcd {self.api}/{path}: {message}")
         rev = int(out.get("header", {}).get("revision", 0))
         if rev > self.observed:  # a plain int store: a lost race only makes a later wait shorter
             self.observed = rev
@@ -196,12 +205,12 @@ class EtcdStore(Store):
     def _grant(self, ttl: float | None) -> str | None:
         if not ttl:
             return None
-        return self._call("/v3/lease/grant", {"TTL": max(1, math.ceil(ttl))})["ID"]
+        return self._call("lease/grant", {"TTL": max(1, math.ceil(ttl))})["ID"]
 
     def _revoke(self, lease: str | None) -> None:
         if lease:
             with contextlib.suppress(EtcdError):
-                self._call("/v3/lease/revoke", {"ID": lease})
+                self._call("lease/revoke", {"ID": lease})
 
     def _put_op(self, key: str, value: Any, lease: str | None) -> dict[str, Any]:
         op: dict[str, Any] = {"key": _b64(key), "value": _b64(json.dumps(value, separators=(",", ":")))}
@@ -213,13 +222,13 @@ class EtcdStore(Store):
         body: dict[str, Any] = {"key": _b64(prefix), "range_end": _range_end(prefix)}
         if revision:
             body["revision"] = revision
-        out = self._call("/v3/kv/range", body)
+        out = self._call("kv/range", body)
         return [self._kv(kv) for kv in out.get("kvs", [])], self._rev(out)
 
     # -- the interface ----------------------------------------------------------------
 
     def get(self, key: str) -> KeyValue | None:
-        out = self._call("/v3/kv/range", {"key": _b64(key)})
+        out = self._call("kv/range", {"key": _b64(key)})
         kvs = out.get("kvs", [])
         return self._kv(kvs[0]) if kvs else None
 
@@ -231,11 +240,11 @@ class EtcdStore(Store):
         return items, rev
 
     def put(self, key: str, value: Any, *, ttl: float | None = None) -> int:
-        return self._rev(self._call("/v3/kv/put", self._put_op(key, value, self._grant(ttl))))
+        return self._rev(self._call("kv/put", self._put_op(key, value, self._grant(ttl))))
 
     def _txn(self, compare: dict[str, Any], key: str, value: Any, ttl: float | None) -> int | None:
         lease = self._grant(ttl)
-        out = self._call("/v3/kv/txn", {"compare": [compare], "success": [{"request_put": self._put_op(key, value, lease)}]})
+        out = self._call("kv/txn", {"compare": [compare], "success": [{"request_put": self._put_op(key, value, lease)}]})
         if not out.get("succeeded"):
             self._revoke(lease)
             return None
@@ -251,14 +260,14 @@ class EtcdStore(Store):
                          key, value, ttl)
 
     def delete(self, key: str) -> bool:
-        return int(self._call("/v3/kv/deleterange", {"key": _b64(key)}).get("deleted", 0)) > 0
+        return int(self._call("kv/deleterange", {"key": _b64(key)}).get("deleted", 0)) > 0
 
     def delete_prefix(self, prefix: str) -> int:
-        out = self._call("/v3/kv/deleterange", {"key": _b64(prefix), "range_end": _range_end(prefix)})
+        out = self._call("kv/deleterange", {"key": _b64(prefix), "range_end": _range_end(prefix)})
         return int(out.get("deleted", 0))
 
     def revision(self) -> int:
-        return self._rev(self._call("/v3/kv/range", {"key": _b64("\0"), "limit": 1}))
+        return self._rev(self._call("kv/range", {"key": _b64("\0"), "limit": 1}))
 
     def events_since(self, prefix: str, revision: int) -> tuple[list[Event], int]:
         """From etcd's watch (no round trip) when it holds `revision`; else a diff of range reads."""
@@ -372,7 +381,7 @@ class _Watch:
                 start = self.seen + 1
             body = {"create_request": {"key": _b64("\0"), "range_end": _b64("\0"), "start_revision": str(start),
                                        "prev_kv": True}}
-            conn.request("POST", "/v3/watch", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+            conn.request("POST", f"{store.api}/watch", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             if resp.status != 200:
                 raise EtcdError(f"etcd watch: HTTP {resp.status}")

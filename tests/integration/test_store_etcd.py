@@ -82,7 +82,7 @@ def test_compaction_is_reported(store, server):
     start = store.revision()
     for i in range(5):
         store.put("/c", i)
-    store._call("/v3/kv/compaction", {"revision": store.revision(), "physical": True})
+    store._call("kv/compaction", {"revision": store.revision(), "physical": True})
     fresh = EtcdStore(server.url)
     with pytest.raises(Compacted):
         fresh.events_since("/c", start)
@@ -113,7 +113,7 @@ def test_events_come_from_etcds_watch_without_a_round_trip(store, server):
         assert calls == []  # not one request to etcd for any of it
         # A caller that is behind the watch's start is answered from etcd itself (range reads).
         old, _ = store.events_since("/p/", before)
-        assert "/v3/kv/range" in calls and {e.key for e in old} == {"/p/b"}
+        assert "kv/range" in calls and {e.key for e in old} == {"/p/b"}
     finally:
         other.close()
         store._call = real
@@ -142,3 +142,28 @@ def test_the_watch_comes_back_after_etcd_restarts(tmp_path):
         assert [(e.type, e.key, e.value) for e in seen] == [("PUT", "/r/b", 2)]
         store.close()
         assert store._watch is None
+
+
+def test_an_etcd_without_the_v3_prefix_is_asked_on_v3beta(store, server):
+    """etcd 3.3 (Ubuntu 22.04's) serves the gateway as /v3beta only: a 404 on /v3 switches once."""
+    import http.client
+
+    real = http.client.HTTPConnection.request
+    seen: list[str] = []
+
+    def request(self, method, url, *a, **kw):
+        seen.append(url)
+        if url.startswith("/v3/"):  # as etcd 3.3 answers: no such path
+            url = "/v3/no-such-path"
+        return real(self, method, url, *a, **kw)
+
+    fresh = EtcdStore(server.url)
+    http.client.HTTPConnection.request = request
+    try:
+        fresh.put("/beta/a", {"v": 1})
+        assert fresh.get("/beta/a").value == {"v": 1}
+    finally:
+        http.client.HTTPConnection.request = real
+        fresh.close()
+    assert fresh.api == "/v3beta"
+    assert seen[0].startswith("/v3/") and all(u.startswith("/v3beta/") for u in seen[1:])
