@@ -104,6 +104,10 @@ def test_portmap_rules_match_the_reference(nss, bindir, tmp_path):
     assert out["ours-del"] == out["ref-del"]
 
 
+# flannel has no differential test: Debian's containernetworking-plugins does not ship
+# flannel's CNI plugin (it lives in flannel-io/cni-plugin), so there is no reference binary
+# here. The delegate config netlab-flannel builds is checked field for field against what
+# flannel's own source builds in tests/unit/test_cni_flannel.py; this test covers the exec path.
 def test_flannel_exec_finds_its_delegates_on_cni_path(nss, bindir, tmp_path):
     node, pod = nss.new("node"), nss.new("pod")
     env = tmp_path / "subnet.env"
