@@ -122,6 +122,7 @@ class Kernel:
             mac=(link.get("IFLA_ADDRESS") or "").lower(),
             underlay=names.get(data.get("IFLA_VXLAN_LINK"), ""),
             learning=bool(data.get("IFLA_VXLAN_LEARNING")),
+            gbp=data.get("IFLA_VXLAN_GBP") is not None,  # a flag attribute: present or not
             up=bool(link["flags"] & 1),
         )
 
@@ -166,10 +167,12 @@ class Kernel:
 
     def _create(self, d: VxlanDevice) -> None:
         link = self._idx(d.underlay)
+        # As flannel's newVXLANDevice: only these attributes; the kernel defaults the rest.
+        gbp = {"vxlan_gbp": True} if d.gbp else {}
         try:
             self.ipr.link(
                 "add", ifname=d.name, kind="vxlan", vxlan_id=d.vni, vxlan_local=d.local, vxlan_port=d.port,
-                vxlan_learning=int(d.learning), vxlan_link=link, mtu=d.mtu, address=d.mac,
+                vxlan_learning=int(d.learning), vxlan_link=link, mtu=d.mtu, address=d.mac, **gbp,
             )
         except NetlinkError as e:
             if e.code != errno.EEXIST:

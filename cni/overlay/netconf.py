@@ -28,7 +28,7 @@ ENCAP_OVERHEAD = 50  # as flannel's vxlan_network.go encapOverhead: outer IPv4 2
 
 _TOP_KEYS = {"Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend", "EnableIPv4", "EnableIPv6", "EnableNFTables"}
 _BACKEND_KEYS = {
-    "vxlan": {"Type", "VNI", "Port", "MTU", "DirectRouting"},
+    "vxlan": {"Type", "VNI", "Port", "MTU", "DirectRouting", "GBP", "Learning"},
     "host-gw": {"Type"},
 }
 
@@ -40,6 +40,8 @@ class Backend:
     port: int = KERNEL_VXLAN_PORT
     mtu: int | None = None  # Backend.MTU: the underlay MTU to plan for; None = the interface's
     direct_routing: bool = False
+    gbp: bool = False  # VXLAN Group Based Policy extension (flannel's Backend.GBP: `ip link ... gbp`)
+    learning: bool = False  # source-address learning on flannel.<VNI> (flannel's Backend.Learning)
 
     @property
     def device(self) -> str:
@@ -88,6 +90,10 @@ class NetConf:
                 backend["DirectRouting"] = True
             if self.backend.mtu is not None:
                 backend["MTU"] = self.backend.mtu
+            if self.backend.gbp:
+                backend["GBP"] = True
+            if self.backend.learning:
+                backend["Learning"] = True
         return {
             "Network": str(self.network),
             "SubnetLen": self.subnet_len,
@@ -106,6 +112,12 @@ def _int(where: str, field: str, value: Any, lo: int, hi: int) -> int:
         raise _err(where, field, f"must be an integer, not {value!r}")
     if not lo <= value <= hi:
         raise _err(where, field, f"{value} is out of range", f"use {lo}..{hi}")
+    return value
+
+
+def _bool(where: str, field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _err(where, field, f"must be true or false, not {value!r}")
     return value
 
 
@@ -205,9 +217,9 @@ def _parse_backend(raw: Any, where: str) -> Backend:
     mtu = raw.get("MTU")
     if mtu is not None:
         mtu = _int(where, "Backend.MTU", mtu, 68 + ENCAP_OVERHEAD, 65535)
-    direct = raw.get("DirectRouting", False)
-    if not isinstance(direct, bool):
-        raise _err(where, "Backend.DirectRouting", f"must be true or false, not {direct!r}")
+    # flannel's vxlan.go reads GBP and Learning too (both off by default).
+    direct, gbp, learning = (
+        _bool(where, f"Backend.{key}", raw.get(key, False)) for key in ("DirectRouting", "GBP", "Learning"))
     if len(f"flannel.{vni}") > 15:
         raise _err(where, "Backend.VNI", f"device name flannel.{vni} is longer than 15 characters")
-    return Backend("vxlan", vni=vni, port=port, mtu=mtu, direct_routing=direct)
+    return Backend("vxlan", vni=vni, port=port, mtu=mtu, direct_routing=direct, gbp=gbp, learning=learning)

@@ -27,7 +27,13 @@ from .netconf import NetConf
 
 @dataclass(frozen=True)
 class VxlanDevice:
-    """flannel.<VNI>: local = node IP, nolearning, dstport, MTU = underlay − 50 (vxlan.go / device.go)."""
+    """flannel.<VNI>: local = node IP, nolearning, dstport, MTU = underlay − 50 (vxlan.go / device.go).
+
+    Only what flannel's newVXLANDevice sets is set (id, dev, local, dstport,
+    learning, gbp, MTU, MAC); the rest keeps the kernel's defaults as on a
+    flannel node: srcport 0 0, ttl auto, ageing 300, udpcsum on,
+    addrgenmode eui64 (vishvananda/netlink sends UDP_CSUM only when true).
+    """
 
     name: str
     vni: int
@@ -37,14 +43,19 @@ class VxlanDevice:
     mac: str
     underlay: str  # the uplink's name (IFLA_VXLAN_LINK, as flannel's vtepIndex)
     learning: bool = False
+    gbp: bool = False
     up: bool = True
 
     def incompatible(self, other: "VxlanDevice") -> str:
         """Why `other` cannot be reused as this device ("" if it can: MTU and MAC are set in place).
 
-        Mirrors flannel's device.go vxlanLinksIncompat.
+        Mirrors flannel's device.go vxlanLinksIncompat (VNI, dev, local, port,
+        gbp), plus learning: flanneld keeps a device whose learning differs
+        from Backend.Learning, so a node would run with settings the net-conf
+        does not ask for until someone deletes flannel.1; here it is
+        recreated, as for any other setting that cannot change in place.
         """
-        for attr in ("vni", "local", "port", "underlay", "learning"):
+        for attr in ("vni", "local", "port", "underlay", "learning", "gbp"):
             if getattr(self, attr) != getattr(other, attr):
                 return f"{attr}: {getattr(other, attr)} vs {getattr(self, attr)}"
         return ""
@@ -173,6 +184,7 @@ def desired(conf: NetConf, node: Node, own: Lease, leases: dict[IPv4Network, Lea
     dev = VxlanDevice(
         name=b.device, vni=b.vni, local=str(node.ip.ip), port=b.port,
         mtu=conf.mtu(node.uplink_mtu), mac=own.vtep_mac or vtep_mac(node.ip.ip, b.vni), underlay=node.uplink,
+        learning=b.learning, gbp=b.gbp,
     )
     routes, neighbours, fdb = set(), set(), set()
     for l in peers:
@@ -180,6 +192,11 @@ def desired(conf: NetConf, node: Node, own: Lease, leases: dict[IPv4Network, Lea
             continue  # a vxlan lease without BackendData cannot be reached (flannel: decode error)
         if b.direct_routing and l.public_ip in node.ip.network:
             # DirectRouting: the peer is on our L2 segment, route to it in the clear.
+            # flannel asks the kernel instead (ip.DirectRouting: RouteGet(PublicIP) gives one
+            # route with no gateway); for a node with one uplink address, as netlab's nodes
+            # are, that is exactly "in the uplink's prefix", and this stays pure. flannel's
+            # route names no device (the kernel resolves the gateway to the uplink); naming
+            # the uplink gives the same `<subnet> via <PublicIP> dev eth0`.
             routes.add(Route(str(l.subnet), str(l.public_ip), node.uplink))
             continue
         gw = str(l.subnet.network_address)

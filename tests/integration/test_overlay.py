@@ -267,6 +267,30 @@ def test_vxlan_vni_and_port_in_kernel_and_on_the_wire(bed, tmp_path):
     assert not any(pkt.haslayer(UDP) and pkt[UDP].dport == 8472 for pkt in packets)
 
 
+def test_vxlan_gbp_and_learning_keys_reach_the_kernel(bed, tmp_path):
+    """Backend.GBP and Backend.Learning, which flanneld reads too: `gbp` and `learning` on flannel.1."""
+    tb, url, store = bed
+    conf = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "GBP": True, "Learning": True}}
+    (n1, n2), (p1, p2) = start(tb, url, store, conf)
+    wait_peers_programmed(tb, conf)
+    for node in (n1, n2):
+        dev = observed(node, conf).device  # read back as the agent reads it, so a resync keeps it
+        assert (dev.gbp, dev.learning) == (True, True), dev
+        text = ip_link(node, "flannel.1")
+        assert f"vxlan id 1 local {node.ip.ip} dev eth0 srcport 0 0 dstport 8472 ttl auto ageing 300 " in text, text
+        assert " nolearning " not in text and " gbp " in text, text
+    # The kernel carries the skb mark as the GBP policy ID (and sets the G flag) only for marked
+    # packets: mark what node1 forwards, as a policy agent would, and leave node2 unmarked.
+    netns.run_in(n1.netns, ["iptables-nft", "-w", "-t", "mangle", "-A", "FORWARD", "-j", "MARK", "--set-mark", "7"],
+                 check=True, capture_output=True)
+    packets = pod_traffic_on_the_underlay(tb, p1, p2, str(tmp_path / "underlay.pcap"))
+    assert_encapsulated(packets, [n1, n2], [p1, p2], port=8472, vni=1)
+    from scapy.all import IP, VXLAN as VX
+
+    gbp = {(pkt[IP].src, bool(pkt[VX].flags.G), pkt[VX].gpid if pkt[VX].flags.G else None) for pkt in packets}
+    assert gbp == {(str(n1.ip.ip), True, 7), (str(n2.ip.ip), False, None)}, gbp
+
+
 def test_vxlan_direct_routing_on_the_same_underlay_subnet(bed, tmp_path):
     """DirectRouting: peers on the node's own underlay subnet get a plain route via their node IP.
 

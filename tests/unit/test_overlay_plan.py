@@ -62,6 +62,9 @@ def test_netconf_explicit_keys():
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "Port": 70000}}, "Backend.Port"),
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "MTU": 100}}, "Backend.MTU"),
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": "yes"}}, "Backend.DirectRouting"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "GBP": 1}}, "Backend.GBP"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "Learning": "off"}}, "Backend.Learning"),
+    ({"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw", "GBP": True}}, "Backend.GBP"),
     ({"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw", "VNI": 2}}, "Backend.VNI"),
     ({"Network": "10.244.0.0/16", "SubnetLength": 24}, "SubnetLength"),
     ({"Network": "10.244.0.0/16", "EnableIPv6": True}, "EnableIPv6"),
@@ -156,6 +159,22 @@ def test_vxlan_backend_mtu_and_direct_routing():
     assert st.routes == {Route("10.244.2.0/24", "192.168.56.12", "eth0"),
                          Route("10.244.3.0/24", "10.244.3.0", "flannel.1", onlink=True)}
     assert {n.ip for n in st.neighbours} == {"10.244.3.0"}
+
+
+def test_vxlan_gbp_and_learning_are_flannels_keys():
+    """flannel's vxlan.go reads Backend.GBP and Backend.Learning; a net-conf.json with them works here too."""
+    assert (conf().backend.gbp, conf().backend.learning) == (False, False)
+    c = conf(GBP=True, Learning=True)
+    assert (c.backend.gbp, c.backend.learning) == (True, True)
+    assert c.to_json()["Backend"] == {"Type": "vxlan", "VNI": 1, "Port": 8472, "GBP": True, "Learning": True}
+    assert netconf.parse(c.to_json()) == c
+    own = vx("10.244.1.0/24", "192.168.56.11")
+    dev = plan.desired(c, node(), own, {own.subnet: own}).device
+    assert (dev.gbp, dev.learning) == (True, True)
+    # Neither can change on a live device (flannel's vxlanLinksIncompat checks gbp): recreate it.
+    from dataclasses import replace
+    assert plan.diff(plan.State(dev), plan.State(replace(dev, gbp=False))).create_device == dev
+    assert plan.diff(plan.State(dev), plan.State(replace(dev, learning=False))).create_device == dev
 
 
 def test_host_gw_plan():
