@@ -105,6 +105,12 @@ class Agent:
         cidr, mtu = found
         iface = IPv4Interface(cidr)
         if self.opts.node_ip and str(iface.ip) != self.opts.node_ip:
+            if self.conf is not None and self.conf.backend.type == "host-gw":
+                # flannel's hostgw.New refuses the same: peers route to the PublicIP as a next hop,
+                # which only works if it is this interface's own address.
+                raise RuntimeError(
+                    f"--node-ip {self.opts.node_ip} differs from {self.opts.iface}'s address {iface.ip}, "
+                    "meaning that probably you're on a NAT, which is not supported by host-gw backend")
             # --node-ip names another address (flannel's --public-ip): keep the uplink's prefix.
             iface = IPv4Interface(f"{self.opts.node_ip}/{iface.network.prefixlen}")
         return plan.Node(ip=iface, uplink=self.opts.iface, uplink_mtu=mtu)

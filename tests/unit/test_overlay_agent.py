@@ -136,3 +136,21 @@ def test_agent_restart_applies_nothing(store, tmp_path):
         stop2.set()
         t2.join(5)
     assert [kv.key for kv in store.list(FLANNEL_SUBNETS)[0]] == [agent.status.lease.key]
+
+
+def test_agent_refuses_host_gw_behind_a_public_ip_not_on_the_uplink(store, tmp_path):
+    """flannel's hostgw.New: a PublicIP other than the interface's address is a NAT host-gw cannot route to."""
+    store.put(FLANNEL_CONFIG, {"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}})
+    agent = Agent(AgentOptions(node="n1", subnet_file=str(tmp_path / "subnet.env"), node_ip="203.0.113.7"), store,
+                  FakeKernel())
+    agent.conf = agent.wait_config(threading.Event())
+    with pytest.raises(RuntimeError, match="not supported by host-gw backend"):
+        agent.local_node()
+    # vxlan takes it, as flannel's --public-ip: the VTEP's PublicIP, with the uplink's prefix.
+    store.put(FLANNEL_CONFIG, VXLAN)
+    agent.conf = agent.wait_config(threading.Event())
+    assert str(agent.local_node().ip) == "203.0.113.7/24"
+    agent.opts.node_ip = "192.168.56.11"  # the uplink's own address: host-gw is fine
+    store.put(FLANNEL_CONFIG, {"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}})
+    agent.conf = agent.wait_config(threading.Event())
+    assert str(agent.local_node().ip) == "192.168.56.11/24"
