@@ -152,8 +152,22 @@ def service_rules(svc: ServicePort, eps: Iterable[Endpoint], node: NodeContext) 
     local_chain = f"local-{base}"
     all_eps = tuple(eps)
     cluster_eps, local_eps = categorize_endpoints(svc, all_eps)
-    internal_eps = local_eps if svc.internal_policy_local else cluster_eps
-    external_eps = local_eps if svc.external_policy_local else cluster_eps
+    # syncProxyRules' traffic classes: internal (the ClusterIP) follows internalTrafficPolicy,
+    # external (NodePort, externalIPs, LB IPs) externalTrafficPolicy; each goes to the cluster
+    # policy chain (service-*) or the local one (local-*).
+    has_eps = bool(cluster_eps)
+    uses_cluster_chain = has_eps and (
+        not svc.internal_policy_local or (svc.external_traffic and not svc.external_policy_local))
+    uses_local_chain = bool(local_eps) and svc.uses_local_endpoints
+    internal_chain = local_chain if svc.internal_policy_local else svc_chain
+    has_internal = has_eps and (bool(local_eps) or not svc.internal_policy_local)
+    external_chain = local_chain if svc.external_policy_local else svc_chain
+    has_external = has_eps and (bool(local_eps) or not svc.external_policy_local)
+    # kube-proxy: "The internalTrafficPolicy is "Local" but there are no local endpoints.
+    # Traffic to the clusterIP will be dropped, but external traffic may still be accepted"
+    # (and the same for externalTrafficPolicy); no endpoints at all rejects.
+    internal_verdict = "drop" if has_eps else f"goto {REJECT_CHAIN}"
+    external_verdict = internal_verdict
 
     def ep_chain(ep: Endpoint) -> str:
         return f"endpoint-{endpoint_base(spn, ep)}"
@@ -169,8 +183,9 @@ def service_rules(svc: ServicePort, eps: Iterable[Endpoint], node: NodeContext) 
         rules += endpoint_choice([ep_chain(ep) for ep in targets])
         return rules
 
-    # Endpoint chains (every usable endpoint, for either traffic class).
-    used = {str(e): e for e in (*cluster_eps, *local_eps)}
+    # Endpoint chains: every endpoint a policy chain dispatches to.
+    used = {str(e): e for e in (*(cluster_eps if uses_cluster_chain else ()),
+                                *(local_eps if uses_local_chain else ()))}
     for ep in sorted(used.values(), key=str):
         rules = [f"ip saddr {ep.ip} jump {MARK_MASQ}"]  # hairpin
         if svc.session_affinity_client_ip:
@@ -181,46 +196,53 @@ def service_rules(svc: ServicePort, eps: Iterable[Endpoint], node: NodeContext) 
         rules.append(f"meta l4proto {proto} dnat to {ep.ip}:{ep.port}")
         out.chains[ep_chain(ep)] = rules
 
-    key = f"{svc.cluster_ip} . {proto} . {svc.port}"
-    if internal_eps:
+    if uses_cluster_chain:
         rules = []
         match = f"ip daddr {svc.cluster_ip} {proto} dport {svc.port}"
         if node.masquerade_all:
             rules.append(f"{match} jump {MARK_MASQ}")
         elif node.cluster_cidr:
+            # Off-cluster traffic to the ClusterIP is masqueraded (kube-proxy's localDetector).
             rules.append(f"{match} ip saddr != {node.cluster_cidr} jump {MARK_MASQ}")
-        out.chains[svc_chain] = rules + dispatch(svc_chain, internal_eps)
-        out.element(SERVICE_IPS, key, f"goto {svc_chain}")
+        out.chains[svc_chain] = rules + dispatch(svc_chain, cluster_eps)
+    if uses_local_chain:
+        out.chains[local_chain] = dispatch(local_chain, local_eps)
+
+    key = f"{svc.cluster_ip} . {proto} . {svc.port}"
+    if has_internal:
+        out.element(SERVICE_IPS, key, f"goto {internal_chain}")
     else:
-        out.element(NO_ENDPOINT_SERVICES, key, f"goto {REJECT_CHAIN}")
+        out.element(NO_ENDPOINT_SERVICES, key, internal_verdict)
 
     if svc.external_traffic:
-        if external_eps:
+        if has_eps:
             if svc.external_policy_local:
-                out.chains[local_chain] = dispatch(local_chain, local_eps)
                 ext = []
-                if node.cluster_cidr:
-                    ext.append(f'ip saddr {node.cluster_cidr} goto {svc_chain} comment "short-circuit pod traffic"')
-                ext.append(f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"')
-                ext.append(f'fib saddr type local goto {svc_chain} comment "short-circuit local traffic"')
-                ext.append(f"goto {local_chain}")
-                if svc_chain not in out.chains:  # a Local-only service still needs the cluster path
-                    out.chains[svc_chain] = dispatch(svc_chain, cluster_eps)
+                if uses_cluster_chain:
+                    # Pod and host traffic to an external destination is subject to neither
+                    # policy ("simulates going up-and-out to an external load-balancer").
+                    if node.cluster_cidr:
+                        ext.append(f'ip saddr {node.cluster_cidr} goto {svc_chain} comment "short-circuit pod traffic"')
+                    ext.append(f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"')
+                    ext.append(f'fib saddr type local goto {svc_chain} comment "short-circuit local traffic"')
             else:
-                ext = [f"jump {MARK_MASQ}", f"goto {svc_chain}"]
+                # Non-local endpoints may be on another node: masquerade.
+                ext = [f"jump {MARK_MASQ}"]
+            if has_external:
+                ext.append(f"goto {external_chain}")
             out.chains[ext_chain] = ext
             target = f"goto {ext_chain}"
             for ip in (*svc.external_ips, *svc.load_balancer_ips):
                 out.element(SERVICE_IPS, f"{ip} . {proto} . {svc.port}", target)
             if svc.node_port:
                 out.element(SERVICE_NODEPORTS, f"{proto} . {svc.node_port}", target)
-        else:
-            # No usable endpoint for external traffic: Local with none here drops, else rejects.
-            verdict = "drop" if svc.external_policy_local and cluster_eps else f"goto {REJECT_CHAIN}"
+        if not has_external:
+            # No endpoint for external traffic: what the external chain did not short-circuit
+            # meets the filter hooks' no-endpoint maps (drop; reject with no endpoint at all).
             for ip in (*svc.external_ips, *svc.load_balancer_ips):
-                out.element(NO_ENDPOINT_SERVICES, f"{ip} . {proto} . {svc.port}", verdict)
+                out.element(NO_ENDPOINT_SERVICES, f"{ip} . {proto} . {svc.port}", external_verdict)
             if svc.node_port:
-                out.element(NO_ENDPOINT_NODEPORTS, f"{proto} . {svc.node_port}", verdict)
+                out.element(NO_ENDPOINT_NODEPORTS, f"{proto} . {svc.node_port}", external_verdict)
     return out
 
 

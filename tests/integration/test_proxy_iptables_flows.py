@@ -10,7 +10,7 @@ import pytest
 
 from proxy.iptables_apply import IptablesBackend
 from tests.flow_lab import check_flow, connect, flow_fabric, programmed
-from tests.packet_flows import FLOWS, PROXY_NODE, Flow, flow_state
+from tests.packet_flows import FLOWS, MODE_FLOWS, PROXY_NODE, Flow, flow_for_mode, flow_state
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +26,10 @@ def programmed_iptables(fabric, request):
         yield p
 
 
-@pytest.mark.parametrize("flow", FLOWS, ids=[f.name for f in FLOWS])
+@pytest.mark.parametrize("flow", FLOWS + MODE_FLOWS, ids=[f.name for f in FLOWS + MODE_FLOWS])
 def test_flow_with_real_packets(programmed_iptables, flow: Flow):
     where, _backend = programmed_iptables
-    check_flow(where, flow)
+    check_flow(where, flow_for_mode(flow, "iptables"))
 
 
 def test_cleanup_removes_the_rules_and_the_service_with_them():

@@ -14,7 +14,8 @@ from proxy.nftables import STALE_CHAIN_AGE
 from proxy.nftables_kernel import NftablesBackend
 from proxy.model import ProxyState
 from tests.flow_lab import check_flow, connect, flow_fabric, programmed
-from tests.packet_flows import FLOWS, PROXY_NODE, TOPOLOGY, Flow, flow_state, local_addresses
+from tests.packet_flows import (FLOWS, MODE_FLOWS, PROXY_NODE, TOPOLOGY, Flow, flow_for_mode, flow_state,
+                                local_addresses)
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +24,10 @@ def nft():
         yield p
 
 
-@pytest.mark.parametrize("flow", FLOWS, ids=[f.name for f in FLOWS])
+@pytest.mark.parametrize("flow", FLOWS + MODE_FLOWS, ids=[f.name for f in FLOWS + MODE_FLOWS])
 def test_flow_with_real_packets(nft, flow: Flow):
     where, _backend = nft
-    check_flow(where, flow)
+    check_flow(where, flow_for_mode(flow, "nftables"))
 
 
 def _without_endpoint(state: ProxyState, service: str, ip: str) -> ProxyState:

@@ -23,7 +23,9 @@ from proxy.ipvs import categorize_endpoints
 from proxy.model import ServicePort
 from proxy.userspace import UserspaceBackend
 from tests.flow_lab import CONNECTIONS, check_flow, flow_fabric, programmed
-from tests.packet_flows import FLOWS, PROXY_NODE, TOPOLOGY, Flow, flow_state
+from tests.packet_flows import FLOWS, MODE_FLOWS, PROXY_NODE, TOPOLOGY, Flow, flow_state
+
+ALL_FLOWS = FLOWS + MODE_FLOWS
 
 CLOSED = "CLOSED"  # accepted by the proxy, then closed without a byte: no endpoint to connect to
 
@@ -49,8 +51,9 @@ def userspace_expectation(flow: Flow) -> Flow:
       the endpoint, so every endpoint sees a node address. That is the
       mode's nature (and why preserving client IPs needed iptables mode);
     - traffic policies are unknown to it (externalTrafficPolicy: Local came
-      with iptables mode), so every ready endpoint serves a NodePort, and none
-      is dropped for want of a local one;
+      with iptables mode, internalTrafficPolicy with Kubernetes 1.21, when the
+      userspace proxier was long deprecated), so every ready endpoint serves a
+      NodePort or a ClusterIP, and none is dropped for want of a local one;
     - a service without endpoints keeps its portal and its proxy socket: the
       TCP connection is accepted, then closed ("couldn't find an endpoint"),
       where the other modes reject the SYN.
@@ -70,7 +73,7 @@ def _changed(a: Flow, b: Flow) -> set[str]:
 
 def test_the_differences_are_the_modes_own():
     """Which cases userspace mode serves differently from the table, and in what (nothing else)."""
-    diffs = {f.name: _changed(f, userspace_expectation(f)) for f in FLOWS}
+    diffs = {f.name: _changed(f, userspace_expectation(f)) for f in ALL_FLOWS}
     assert {k: v for k, v in diffs.items() if v} == {
         # The proxy's own connection: the endpoint sees the node, not the client.
         "clusterip-several-endpoints": {"masquerade"},
@@ -80,9 +83,11 @@ def test_the_differences_are_the_modes_own():
         "etp-local-without-local-endpoint": {"masquerade", "endpoints", "verdict"},  # b1 serves, nothing dropped
         "endpoint-on-another-node": {"masquerade"},
         "clusterip-no-endpoints": {"masquerade", "verdict"},  # accepted, then closed; not rejected
+        "itp-local-with-local-endpoint": {"masquerade", "endpoints"},  # no internal policy: b1 serves too
+        "itp-local-without-local-endpoint": {"masquerade", "endpoints", "verdict"},  # b1 serves, nothing dropped
     }
     # Cases the table already masquerades, and every endpoint set but the policy ones, are unchanged.
-    assert all(not diffs[f.name] for f in FLOWS if f.masquerade)
+    assert all(not diffs[f.name] for f in ALL_FLOWS if f.masquerade)
 
 
 def _connect_and_read(ns: str, flow: Flow) -> str:
@@ -116,7 +121,7 @@ def userspace():
         yield p
 
 
-@pytest.mark.parametrize("flow", FLOWS, ids=[f.name for f in FLOWS])
+@pytest.mark.parametrize("flow", ALL_FLOWS, ids=[f.name for f in ALL_FLOWS])
 def test_flow_with_real_packets(userspace, flow: Flow):
     where, _backend = userspace
     want = userspace_expectation(flow)
@@ -124,3 +129,4 @@ def test_flow_with_real_packets(userspace, flow: Flow):
         check_closed(where, want)
     else:
         check_flow(where, want)
+

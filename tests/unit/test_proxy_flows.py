@@ -1,12 +1,22 @@
-"""The packet-flow table through the rule walker: iptables rules, no root (kube-proxy's packetFlowTest)."""
+"""The packet-flow table through the rule walker: iptables rules, no root (kube-proxy's packetFlowTest).
+
+Also the cases on which kube-proxy's modes disagree (MODE_FLOWS): through
+the iptables and nftables walkers, and as IPVS's plan (virtual and real
+servers) for IPVS, whose real packets run only in the stock-kernel VM.
+"""
 
 from __future__ import annotations
 
 import pytest
 
+from proxy import ipvs
 from proxy.iptables import Options, build
+from proxy.nft_walker import NftWalker
+from proxy.nft_walker import parse as nft_parse
+from proxy.nftables import full_text
 from proxy.walker import parse, Walker
-from tests.packet_flows import FLOWS, PROXY_NODE, TOPOLOGY, Flow, assert_walk, flow_state, local_addresses
+from tests.packet_flows import (FLOWS, MODE_FLOWS, PROXY_NODE, TOPOLOGY, Flow, assert_walk, flow_for_mode, flow_state,
+                                local_addresses)
 
 
 @pytest.fixture(scope="module")
@@ -15,9 +25,38 @@ def walker() -> Walker:
     return Walker(parse(rs.text), local_addresses())
 
 
-@pytest.mark.parametrize("flow", FLOWS, ids=[f.name for f in FLOWS])
+@pytest.mark.parametrize("flow", FLOWS + MODE_FLOWS, ids=[f.name for f in FLOWS + MODE_FLOWS])
 def test_flow(walker: Walker, flow: Flow):
-    assert_walk(walker.trace(TOPOLOGY.source_ip(flow.source), flow.dest_ip, flow.protocol, flow.dest_port), flow)
+    want = flow_for_mode(flow, "iptables")
+    assert_walk(walker.trace(TOPOLOGY.source_ip(flow.source), flow.dest_ip, flow.protocol, flow.dest_port), want)
+
+
+@pytest.mark.parametrize("flow", MODE_FLOWS, ids=[f.name for f in MODE_FLOWS])
+def test_mode_flow_through_the_nftables_walker(flow: Flow):
+    """tests/unit/test_proxy_nft.py walks FLOWS; these are the cases kept out of it."""
+    w = NftWalker(nft_parse(full_text(flow_state(), TOPOLOGY.service_cidr).text), local_addresses())
+    want = flow_for_mode(flow, "nftables")
+    assert_walk(w.trace(TOPOLOGY.source_ip(flow.source), flow.dest_ip, flow.protocol, flow.dest_port), want)
+
+
+def _ipvs_real_servers(dest: str, protocol: str = "TCP") -> set[str]:
+    ip, port = dest.rsplit(":", 1)
+    p = ipvs.plan(flow_state())
+    return {str(rs) for rs in p.real_servers[(ip, protocol, int(port))]}
+
+
+@pytest.mark.parametrize("name", ["itp-local-with-local-endpoint", "itp-local-nodeport-from-external",
+                                  "itp-local-without-local-endpoint-nodeport-from-external",
+                                  *(f.name for f in MODE_FLOWS)])
+def test_internal_traffic_policy_in_the_ipvs_plan(name: str):
+    """IPVS mode's iTP cases as its virtual servers' real servers (the VM runs them with packets).
+
+    IPVS has no verdict of its own for a virtual server: the real servers
+    are the endpoints a connection may reach.
+    """
+    flow = flow_for_mode(next(f for f in FLOWS + MODE_FLOWS if f.name == name), "ipvs")
+    assert flow.verdict == "ACCEPT"
+    assert _ipvs_real_servers(flow.dest, flow.protocol) == set(flow.endpoints)
 
 
 def test_walker_sees_a_removed_endpoint_disappear():
