@@ -21,6 +21,8 @@ Explained differences: flannel's errors are plain Go errors (code 999
 through skel); netlab gives them the spec's code 7 (invalid config).
 flannel reads FLANNEL_IPMASQ as `== "true"`, anything else false; netlab
 refuses a value other than true/false (flanneld writes only those).
+flannel's CHECK is a no-op (cmdCheck: "TODO: implement"); netlab's
+replays the saved delegate config's CHECK, so a broken pod is reported.
 netlab's two additions (netlab-bridge counts as a bridge; the IPAM
 dataDir follows a flannel dataDir) are tested separately below.
 The exec path is tested in tests/integration/test_cni_exec.py.
