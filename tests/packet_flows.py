@@ -185,6 +185,9 @@ FLOWS: tuple[Flow, ...] = (
     Flow("nodeport-from-pod", "client", f"{NODE_A}:30080", "TCP", frozenset({A1, B1}), True),
     Flow("etp-local-with-local-endpoint", "ext", f"{NODE_A}:30081", "TCP", frozenset({A1}), False),
     Flow("etp-local-without-local-endpoint", "ext", f"{NODE_A}:30082", "TCP", frozenset(), False, verdict="DROP"),
+    # Pod traffic to an external destination is subject to neither policy (kube-proxy's "short-circuit
+    # pod traffic"): the pod reaches the remote endpoint, unmasqueraded, where outside traffic is dropped.
+    Flow("etp-local-without-local-endpoint-from-pod", "client", f"{NODE_A}:30082", "TCP", frozenset({B1}), False),
     Flow("hairpin", "a1", "10.96.0.50:80", "TCP", frozenset({A1}), True),
     Flow("loadbalancer-ip", "ext", "192.168.60.10:80", "TCP", frozenset({A1, B1}), True),
     Flow("endpoint-on-another-node", "client", "10.96.0.70:80", "TCP", frozenset({B1}), False),

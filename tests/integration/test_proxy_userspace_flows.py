@@ -81,6 +81,7 @@ def test_the_differences_are_the_modes_own():
         "session-affinity": {"masquerade"},
         "etp-local-with-local-endpoint": {"masquerade", "endpoints"},  # and no traffic policy: b1 serves too
         "etp-local-without-local-endpoint": {"masquerade", "endpoints", "verdict"},  # b1 serves, nothing dropped
+        "etp-local-without-local-endpoint-from-pod": {"masquerade"},
         "endpoint-on-another-node": {"masquerade"},
         "clusterip-no-endpoints": {"masquerade", "verdict"},  # accepted, then closed; not rejected
         "itp-local-with-local-endpoint": {"masquerade", "endpoints"},  # no internal policy: b1 serves too

@@ -45,11 +45,12 @@ def _ipvs_real_servers(dest: str, protocol: str = "TCP") -> set[str]:
     return {str(rs) for rs in p.real_servers[(ip, protocol, int(port))]}
 
 
-@pytest.mark.parametrize("name", ["itp-local-with-local-endpoint", "itp-local-nodeport-from-external",
+@pytest.mark.parametrize("name", ["etp-local-without-local-endpoint-from-pod",
+                                  "itp-local-with-local-endpoint", "itp-local-nodeport-from-external",
                                   "itp-local-without-local-endpoint-nodeport-from-external",
                                   *(f.name for f in MODE_FLOWS)])
-def test_internal_traffic_policy_in_the_ipvs_plan(name: str):
-    """IPVS mode's iTP cases as its virtual servers' real servers (the VM runs them with packets).
+def test_traffic_policy_cases_in_the_ipvs_plan(name: str):
+    """IPVS mode's new policy cases as its virtual servers' real servers (the VM runs them with packets).
 
     IPVS has no verdict of its own for a virtual server: the real servers
     are the endpoints a connection may reach.
