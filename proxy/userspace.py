@@ -234,10 +234,22 @@ class UserspaceBackend:
 
     def sync(self, state: ProxyState, changed: set[ServicePortName] | None) -> SyncResult:
         wanted = {k: s for k, s in state.services.items() if s.cluster_ip and s.protocol in ("TCP", "UDP")}
+        # A gone service's proxy socket is closed only after its portal rules are: kube-proxy's
+        # userspace proxier closes the portal, then stops the proxy. The other order leaves the
+        # REDIRECT pointing at a closed port while iptables-restore runs: ECONNREFUSED.
+        retired = []
         for spn in list(self.proxies):
             if spn not in wanted or self.proxies[spn].protocol != wanted[spn].protocol:
-                self.proxies.pop(spn).close()
+                retired.append(self.proxies.pop(spn))
                 self.balancers.pop(spn, None)
+        try:
+            return self._sync(state, changed, wanted)
+        finally:
+            for p in retired:
+                p.close()
+
+    def _sync(self, state: ProxyState, changed: set[ServicePortName] | None,
+              wanted: dict[ServicePortName, ServicePort]) -> SyncResult:
         for spn, svc in wanted.items():
             lb = self.balancers.setdefault(spn, LoadBalancer())
             lb.update(_targets(svc, state.endpoints_of(spn)),

@@ -20,7 +20,7 @@ import pytest
 
 from netlab import netns
 from proxy.ipvs import categorize_endpoints
-from proxy.model import ServicePort
+from proxy.model import ProxyState, ServicePort
 from proxy.userspace import UserspaceBackend
 from tests.flow_lab import CONNECTIONS, check_flow, flow_fabric, programmed
 from tests.packet_flows import FLOWS, MODE_FLOWS, PROXY_NODE, TOPOLOGY, Flow, flow_state
@@ -131,3 +131,32 @@ def test_flow_with_real_packets(userspace, flow: Flow):
     else:
         check_flow(where, want)
 
+
+def test_a_gone_services_proxy_closes_only_after_its_portal_is_gone(userspace):
+    """No window in which the REDIRECT points at a closed port (ECONNREFUSED): portal first, then proxy.
+
+    As kube-proxy's userspace proxier (closePortal, then stopProxy). Checked
+    at the moment the rules are written: the gone service's socket still listens.
+    """
+    where, backend = userspace
+    state = flow_state()
+    web = next(k for k in state.services if k.name == "web")
+    old = backend.proxies[web]
+    open_at_restore: list[bool] = []
+    run = backend._run
+
+    def watching(argv, text=None):
+        if argv[0] == "iptables-restore":
+            open_at_restore.append(old.sock.fileno() != -1)
+        return run(argv, text)
+
+    backend._run = watching
+    try:
+        backend.sync(ProxyState(node=state.node, services={k: v for k, v in state.services.items() if k != web},
+                                endpoints=state.endpoints), None)
+    finally:
+        backend._run = run
+        backend.sync(state, None)
+    assert open_at_restore == [True]
+    assert old.sock.fileno() == -1 and web in backend.proxies and backend.proxies[web] is not old
+    check_flow(where, userspace_expectation(FLOWS[0]))
