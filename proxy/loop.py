@@ -137,7 +137,10 @@ class ProxyLoop:
                 continue
             err = ""
             try:
-                obj = validate_service(doc) if key.startswith(st.SERVICES) else validate_endpointslice(doc)
+                # Not strict: what the store holds was admitted already, and kube-proxy's
+                # client-go decoding ignores fields it does not know.
+                obj = (validate_service(doc, strict=False) if key.startswith(st.SERVICES)
+                       else validate_endpointslice(doc, strict=False))
                 self._good[key] = obj
             except SpecError as e:
                 err = str(e)

@@ -23,8 +23,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from netlab.errors import SpecError
+from netlab.errors import SpecError, SpecErrors
 from netlab.spec.source import Document, Path
+from proxy.schema import ENDPOINTSLICE, SERVICE, unknown_fields
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # discovery.LabelServiceName
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
@@ -402,14 +403,40 @@ def _port_name_and_protocol(doc: Document, base: Path, seen: set[str]) -> tuple[
     return pname, _check_protocol(doc, base + ("protocol",), _get(doc, base + ("protocol",), str, default="TCP"))
 
 
-def validate_service(doc: Document) -> dict:
+def _strictly(doc: Document, schema: dict, validate, strict: bool) -> dict:
+    """`validate(doc)`, and with `strict` every unknown field an error too (fieldValidation=Strict).
+
+    One problem raises its SpecError; several (unknown fields and the
+    validator's first problem) raise SpecErrors, all reported at once.
+    """
+    unknown = unknown_fields(doc, schema) if strict else []
+    try:
+        obj = validate(doc)
+    except SpecError as e:
+        if unknown:
+            raise SpecErrors(unknown + [e]) from None
+        raise
+    if len(unknown) == 1:
+        raise unknown[0]
+    if unknown:
+        raise SpecErrors(unknown)
+    return obj
+
+
+def validate_service(doc: Document, strict: bool = True) -> dict:
     """A v1 Service as the API server would accept it, with its defaults filled in.
 
     Raises SpecError (file:line: field: message (hint)) for the first problem,
-    as `kubectl apply` reports the API server's validation. clusterIP and
+    as `kubectl apply` reports the API server's validation; with `strict`
+    (what kubectl asks for) unknown fields are errors too, every one of them
+    reported (SpecErrors when there are several problems). clusterIP and
     nodePort values are checked for form here; allocation and range checks are
     admission's (netlab.controllers.admission), as the API server's registry.
     """
+    return _strictly(doc, SERVICE, _validate_service, strict)
+
+
+def _validate_service(doc: Document) -> dict:
     ns, name = _check_header(doc, "v1", "Service")
     _need(
         doc,
@@ -543,8 +570,12 @@ def validate_service(doc: Document) -> dict:
     return obj
 
 
-def validate_endpointslice(doc: Document) -> dict:
-    """A discovery.k8s.io/v1 EndpointSlice as the API server would accept it."""
+def validate_endpointslice(doc: Document, strict: bool = True) -> dict:
+    """A discovery.k8s.io/v1 EndpointSlice as the API server would accept it (`strict`: as validate_service)."""
+    return _strictly(doc, ENDPOINTSLICE, _validate_endpointslice, strict)
+
+
+def _validate_endpointslice(doc: Document) -> dict:
     ns, name = _check_header(doc, "discovery.k8s.io/v1", "EndpointSlice")
     _need(doc, ("metadata", "name"), len(name) <= 253 and bool(_DNS1123_SUBDOMAIN.match(name)),
           f"invalid EndpointSlice name {name!r}: a lowercase RFC 1123 subdomain must consist of lower case "
