@@ -26,6 +26,10 @@ def _iso(t: float) -> str:
 
 def _handler(loop: ProxyLoop, healthz: bool):
     class Handler(BaseHTTPRequestHandler):
+        # Go's net/http (kube-proxy's servers) answers an HTTP/1.1 request in HTTP/1.1; http.server
+        # would say HTTP/1.0. Every answer carries Content-Length, so keep-alive is safe.
+        protocol_version = "HTTP/1.1"
+
         def log_message(self, *args) -> None:  # quiet: the proxy's own log is enough
             pass
 
