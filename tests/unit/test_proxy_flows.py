@@ -72,3 +72,17 @@ def test_walker_sees_a_removed_endpoint_disappear():
     flow = FLOWS[0]
     eps = {o.endpoint for o in w.trace(TOPOLOGY.source_ip(flow.source), flow.dest_ip, "TCP", flow.dest_port)}
     assert len(eps) == 1 and eps < set(flow.endpoints)
+
+
+def test_internal_traffic_policy_rules_read_as_kube_proxys():
+    """The rules behind the iTP cases, as kube-proxy writes them (the walkers check what they do)."""
+    ipt = build(flow_state(), None).text
+    assert ('-A KUBE-SERVICES -m comment --comment "default/itp-local-none has no local endpoints"'
+            " -m tcp -p tcp -d 10.96.0.81 --dport 80 -j DROP") in ipt
+    svl = next(l.split()[-1] for l in ipt.splitlines()
+               if l.startswith("-A KUBE-SERVICES") and "default/itp-local cluster IP" in l)
+    assert svl.startswith("KUBE-SVL-")
+    nft = full_text(flow_state(), TOPOLOGY.service_cidr).text
+    assert "10.96.0.81 . tcp . 80 : drop" in nft  # @no-endpoint-services
+    assert "10.96.0.80 . tcp . 80 : goto local-" in nft  # the ClusterIP to the local policy chain
+    assert "tcp . 30083 : goto external-" in nft and "tcp . 30084 : goto external-" in nft
