@@ -39,13 +39,16 @@ def exe_name(type_: str) -> str:
 
 
 def load(short_name: str) -> "ModuleType":
-    """The plugin's module (__import__ rather than importlib: one import less per exec)."""
+    """The plugin's module (__import__ rather than importlib: one import less per exec).
+
+    Always through __import__, never sys.modules alone: a module another
+    thread is still importing is already in sys.modules, half made, and only
+    the import system waits for it (the module's import lock). The kubelet's
+    sandbox threads load plugins concurrently.
+    """
     name = PLUGINS[short_name]
-    mod = sys.modules.get(name)
-    if mod is None:
-        __import__(name)
-        mod = sys.modules[name]
-    return mod
+    __import__(name)
+    return sys.modules[name]
 
 
 def is_ours(path: str) -> bool:

@@ -187,6 +187,7 @@ def node_daemons(plan: LabPlan, node) -> list[tuple[str, list[str]]]:
         # kube-proxy's role: Services and EndpointSlices to rules in the node's namespace.
         ("kube-proxy", daemons.python_argv("proxy", "--store", store, "--node", node.name, "--node-ip", str(node.ip),
                                            "--cluster-cidr", str(spec.pod_network.network),
+                                           "--service-cluster-ip-range", str(spec.service_cidr),
                                            "--mode", spec.proxy_mode, *proxy_flags)),
     ]
 

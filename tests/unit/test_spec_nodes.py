@@ -125,6 +125,9 @@ def test_node_daemons_get_the_labs_options(tmp_path):
     (_, flanneld), (_, proxy) = labmod.node_daemons(plan, plan.nodes[0])
     assert flanneld[-3:] == ["--ip-masq", "--iptables", "nft"]
     assert proxy[-2:] == ["--iptables", "nft"] and "--ipvs-scheduler" not in proxy
+    # The Lab's serviceCIDR (kube-apiserver's --service-cluster-ip-range): nftables mode drops
+    # traffic to its unallocated addresses, as kube-proxy does from the ServiceCIDR objects.
+    assert proxy[proxy.index("--service-cluster-ip-range") + 1] == "10.96.0.0/12"
     plan = plan_lab(lab_of(tmp_path, "nodes: 1\nproxyMode: ipvs\nipvsScheduler: wlc\niptablesBackend: legacy\n"
                                      "ipMasq: false\n"))
     (_, flanneld), (_, proxy) = labmod.node_daemons(plan, plan.nodes[0])
