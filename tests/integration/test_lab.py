@@ -362,3 +362,60 @@ def test_cleanup_of_one_lab_leaves_the_others(labs):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_two_real_ups_of_one_lab_race_and_one_is_refused(labs):
+    """Two `netlab up` processes of the same lab at once: the second is refused, the first builds."""
+    name = labs.name()
+    pods = "".join(f"---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}}}\n" for i in range(30))
+    path = labs.lab_yaml(name, "nodes: 2", pods)
+    first = subprocess.Popen([*NETLAB, "up", "-f", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = os.path.join(names.lab_dir(name), "lock")
+
+        def first_holds_the_lock() -> bool:
+            # Read from /proc/locks, never by trying the lock (a probe holding it for a moment
+            # could be what refuses the first up).
+            if not os.path.exists(lock):
+                return False
+            ino = os.stat(lock).st_ino
+            with open("/proc/locks") as f:
+                return any(l.split()[1] == "FLOCK" and l.split()[4] == str(first.pid)
+                           and l.split()[5].rsplit(":", 1)[1] == str(ino) for l in f)
+
+        wait_until(first_holds_the_lock, timeout=30, what="the first up to take the lab's lock")
+        second = run_cli("up", "-f", path)
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert f"lab {name!r} is busy" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    assert first.returncode == 0, out + err
+    st = lab.status(name)
+    assert len(st["pods"]) == 30 and {p["phase"] for p in st["pods"]} == {"Running"}
+
+
+def test_exec_in_a_node_and_containers_run_in_their_pods_namespace(labs):
+    name = labs.name()
+    pods = """
+    ---
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: where}
+    spec:
+      nodeName: node1
+      containers: [{name: c, command: [sh, -c, "readlink /proc/self/ns/net; exec sleep 600"]}]
+    """
+    labs.up(labs.lab_yaml(name, "nodes: 1", pods))
+    st = lab.status(name)
+    node = st["nodes"][0]
+    r = run_cli("exec", "-l", name, "node1", "--", "ip", "-o", "-4", "addr", "show", "eth0")
+    assert r.returncode == 0 and f" {node['ip']}/" in r.stdout, r.stdout + r.stderr
+    pod = pods_by_name(st)["where"]
+    want = f"net:[{os.stat(os.path.join('/run/netns', pod['netns'])).st_ino}]"
+    log = os.path.join(names.lab_dir(name), "logs", "pods", "default_where_c.log")
+    wait_until(lambda: os.path.exists(log) and "net:[" in open(log).read(), what="the container's first line")
+    assert open(log).read().split()[0] == want  # the pod's namespace, not the node's nor the host's
+    assert want != f"net:[{os.stat(os.path.join('/run/netns', node['netns'])).st_ino}]"
