@@ -27,8 +27,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 STOCKVM = Path(__file__).with_name("stockvm.sh")
 # Focused: Python is ~20x slower in the guest (TCG), a few minutes at most.
+# The IPVS lab through the CLI: ~100 s in the guest (a lab up and seven CLI runs).
 IPVS_SUBSET = ["tests/integration/test_proxy_ipvs.py", "tests/integration/test_proxy_ipvs_flows.py",
-               "tests/vm/test_ipvs_batch_kernel.py"]
+               "tests/vm/test_ipvs_batch_kernel.py",
+               "tests/integration/test_proxy_modes_lab.py::test_services_through_the_cli[ipvs]"]
 
 
 @dataclass
