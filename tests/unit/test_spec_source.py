@@ -3,6 +3,7 @@
 import pytest
 
 from netlab.errors import SpecError
+from netlab.spec import source
 from netlab.spec.source import load_text, path_text
 
 
@@ -36,3 +37,41 @@ def test_syntax_error_names_the_line():
 def test_path_text():
     assert path_text(("spec", "ports", 0, "port")) == "spec.ports[0].port"
     assert path_text(()) == ""
+
+
+MIXED = (
+    "apiVersion: v1\nkind: Pod\nmetadata: {name: p1, labels: {app: web}}\nspec:\n"
+    "  nodeName: node1\n  containers:\n  - name: c\n    command: [sleep, '1']\n"
+    "    env:\n      - {name: A, value: \"x\"}\n---\n---\n"
+    "a: &x {b: 1}\nc: *x\nd: |\n  text\n  more\ne: 0o17\nf: ~\ng: 2026-01-01\nh: [1, {i: 1.5}]\n"
+)
+
+
+@pytest.mark.skipif(source._CLoader is None, reason="PyYAML without libyaml: only the pure-Python loader exists")
+def test_libyaml_and_pure_python_loaders_agree_on_data_and_lines(monkeypatch):
+    fast = [(d.data, d.lines, d.index) for d in load_text(MIXED, "m.yaml")]
+    monkeypatch.setattr(source, "_CLoader", None)
+    assert [(d.data, d.lines, d.index) for d in load_text(MIXED, "m.yaml")] == fast
+
+
+@pytest.mark.parametrize("without_libyaml", [False, True])
+@pytest.mark.parametrize("text, message", [
+    # The pure-Python parser's wording, whichever parser read the text first.
+    ("a: [1\nb: 2\n", "g.yaml:2: not valid YAML: expected ',' or ']', but got ':' (fix the syntax)"),
+    ("k: v\n---\na: b: c\n", "g.yaml:3: not valid YAML: mapping values are not allowed here (fix the syntax)"),
+    # libyaml takes a tab as a separator; PyYAML (and netlab before libyaml) refuses it.
+    ("a: 1 \t\n", "g.yaml:1: not valid YAML: found character '\\t' that cannot start any token (fix the syntax)"),
+    ("a: [1,\t2]\n", "g.yaml:1: not valid YAML: found character '\\t' that cannot start any token (fix the syntax)"),
+])
+def test_syntax_errors_keep_the_pure_python_wording(monkeypatch, without_libyaml, text, message):
+    if without_libyaml:
+        monkeypatch.setattr(source, "_CLoader", None)
+    with pytest.raises(SpecError) as e:
+        load_text(text, "g.yaml")
+    assert str(e.value) == message
+
+
+def test_duplicate_key_before_a_later_syntax_error_is_reported_first():
+    with pytest.raises(SpecError) as e:
+        load_text("a: 1\na: 2\n---\nb: [\n", "g.yaml")
+    assert str(e.value) == "g.yaml:2: a: duplicate key (remove one of the two)"
