@@ -89,14 +89,20 @@ class ServiceProxy:
         self.port = self.sock.getsockname()[1]
         self.stop = threading.Event()
         if protocol == "TCP":
-            self.sock.listen(128)
-        self.sock.settimeout(0.2)
+            self.sock.listen(128)  # accept() blocks until a client or close()'s shutdown
+        else:
+            self.sock.settimeout(0.2)
         self.thread = threading.Thread(target=self._tcp if protocol == "TCP" else self._udp, daemon=True,
                                        name=f"userspace-proxy-{self.port}")
         self.thread.start()
 
     def close(self) -> None:
         self.stop.set()
+        if self.protocol == "TCP":
+            # Wakes the thread's blocking accept() (EINVAL): no thread polls on a timer, which
+            # with one thread per service port (10k services) kept the machine's CPUs busy.
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
         self.thread.join(timeout=2)
         self.sock.close()
 
@@ -104,7 +110,7 @@ class ServiceProxy:
         while not self.stop.is_set():
             try:
                 client, (cip, _) = self.sock.accept()
-            except (TimeoutError, OSError):
+            except OSError:
                 continue
             threading.Thread(target=self._tcp_conn, args=(client, cip), daemon=True).start()
 
@@ -130,8 +136,8 @@ class ServiceProxy:
         while not self.stop.is_set():
             socks = [self.sock] + [c for c, _ in conns.values()]
             try:
-                ready, _, _ = select.select(socks, [], [], 0.2)
-            except (OSError, ValueError):
+                ready = _readable(socks, 0.2)
+            except OSError:
                 break
             now = time.monotonic()
             for s in ready:
@@ -164,12 +170,25 @@ class ServiceProxy:
             c.close()
 
 
+def _readable(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """The sockets of `socks` ready to read (or closed), within `timeout` seconds.
+
+    poll(2), not select(2): select takes no descriptor past 1023, and a proxy
+    of a thousand service ports holds more than that.
+    """
+    by_fd = {s.fileno(): s for s in socks}
+    p = select.poll()
+    for fd in by_fd:
+        p.register(fd, select.POLLIN)
+    return [by_fd[fd] for fd, _ in p.poll(timeout * 1000) if fd in by_fd]
+
+
 def _splice(a: socket.socket, b: socket.socket, stop: threading.Event) -> None:
     """Copy bytes both ways until both sides have closed (half-close passed on)."""
     peer = {a: b, b: a}
     reading = [a, b]
     while reading and not stop.is_set():
-        ready, _, _ = select.select(reading, [], [], 0.5)
+        ready = _readable(reading, 0.5)
         for s in ready:
             try:
                 data = s.recv(65536)

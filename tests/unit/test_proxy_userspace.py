@@ -30,3 +30,29 @@ def test_portal_rules_redirect_service_ips_and_node_ports():
     assert "-j DNAT --to-destination 192.168.1.2:40000" in text
     assert ('-A KUBE-NODEPORT-CONTAINER -p tcp -m comment --comment "default/web:http" -m tcp --dport 30080 '
             "-j REDIRECT --to-ports 40000") in text
+
+
+def test_readable_takes_descriptors_past_1023():
+    """A proxy of a thousand service ports holds descriptors select(2) cannot take."""
+    import os
+    import resource
+    import socket
+
+    from proxy.userspace import _readable
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 2048), hard), hard))
+    a, b = socket.socketpair()
+    try:
+        fd = os.dup2(a.fileno(), 1500)
+        high = socket.socket(fileno=fd)
+        try:
+            assert _readable([high], 0.05) == []
+            b.send(b"x")
+            assert _readable([high], 1) == [high]
+        finally:
+            high.close()
+    finally:
+        a.close()
+        b.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
