@@ -17,7 +17,7 @@ resync); each mode's full sync is also given as a ratio to iptables'.
 "partial" is the median of 5 partial syncs, each after one service's
 endpoint moved to another address (a pod rescheduled).
 
-    sudo .venv/bin/python bench/dataplane.py [--modes iptables,nftables] [--services 1000,10000,30000]
+    sudo .venv/bin/python bench/dataplane.py [--modes iptables,nftables,userspace] [--services 1000,10000,30000]
 
 IPVS needs a kernel with IPVS; on this machine that is the stock-kernel VM:
 
@@ -81,6 +81,13 @@ def make_backend(mode: str, node_ns: str, iptables: str = "legacy"):
         from proxy.ipvs_kernel import IpvsBackend
 
         return IpvsBackend(node_ns)
+    if mode == "userspace":
+        from proxy.userspace import UserspaceBackend
+
+        # A listening socket and a thread per service port in this process, as kube-proxy's
+        # userspace mode had a socket and goroutine per port: 1k fits the default limits, 10k
+        # needs RLIMIT_NOFILE raised (done in main).
+        return UserspaceBackend(node_ns)
     raise SystemExit(f"unknown mode {mode}")
 
 
@@ -207,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="partial syncs to time (0: none; an IPVS sync in the TCG guest takes ~2 s at 1k, ~10 s at 10k)")
     ap.add_argument("--iptables", choices=("legacy", "nft"), default="legacy", help="iptables mode's binaries")
     args = ap.parse_args(argv)
+    if "userspace" in args.modes.split(","):
+        import resource
+
+        # userspace mode: a listening socket per service port, and one per proxied connection.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = max(int(x) for x in args.services.split(",")) * 2 + 1024
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
     results = run(args.modes.split(","), [int(x) for x in args.services.split(",")], args.connections, args.seed,
                   args.iptables, args.endpoints, args.partial_rounds)
     print(table(results))
