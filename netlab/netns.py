@@ -233,13 +233,19 @@ def remove(name: str) -> bool:
 
 
 def iproute(name: str | None):  # -> pyroute2.IPRoute (imported lazily: plugin start-up time)
-    """An IPRoute whose netlink socket lives in namespace `name` (None: the caller's)."""
+    """An IPRoute whose netlink socket lives in namespace `name` (None: the caller's).
+
+    For requests only: subscribed to no multicast group (pyroute2 joins
+    links, addresses, routes and neighbours by default), so the kernel does
+    not copy every event of a busy namespace (a veth per pod) into a socket
+    nobody reads.
+    """
     from pyroute2 import IPRoute
 
     if name is None:
-        return IPRoute()
+        return IPRoute(groups=0)
     with entered(name):
-        return IPRoute()
+        return IPRoute(groups=0)
 
 
 def socket_in(name: str, family: int, type_: int, proto: int = 0):
