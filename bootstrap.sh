@@ -87,7 +87,7 @@ demo)
     echo
     echo "The demo lab is up. Look around:"
     echo "  sudo $VENV/bin/netlab status demo -o wide"
-    echo "  sudo $VENV/bin/netlab exec demo/web-0 -- ip addr"
+    echo "  sudo $VENV/bin/netlab exec -l demo web-0 -- ip addr"
     echo "Tear it down with:"
     echo "  sudo $VENV/bin/netlab down demo"
     ;;
