@@ -67,23 +67,25 @@ _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 
 
-def _attr(type_: int, payload: bytes) -> bytes:
+def attr(type_: int, payload: bytes) -> bytes:
+    """One netlink attribute (struct nlattr), padded to 4 bytes: netlab's one encoder
+    (the plugins' rtnetlink here, portmap, and the IPVS batches of proxy.nlbatch)."""
     n = 4 + len(payload)
     return struct.pack("=HH", n, type_) + payload + b"\0" * (-n % 4)
 
 
 def _str(type_: int, value: str) -> bytes:
-    return _attr(type_, value.encode() + b"\0")
+    return attr(type_, value.encode() + b"\0")
 
 
 def _u32(type_: int, value: int) -> bytes:
-    return _attr(type_, struct.pack("=I", value))
+    return attr(type_, struct.pack("=I", value))
 
 
-def _attrs(data: bytes | memoryview, offset: int = 0) -> dict[int, bytes]:
-    """Attributes of one message, by type (nested flag masked off)."""
+def attrs(data: bytes | memoryview, offset: int = 0, end: int | None = None) -> dict[int, bytes]:
+    """The attributes in data[offset:end], by type (nested and byte-order flags masked off; last wins)."""
     out: dict[int, bytes] = {}
-    end = len(data)
+    end = len(data) if end is None else end
     while offset + 4 <= end:
         n, t = struct.unpack_from("=HH", data, offset)
         if n < 4:
@@ -166,10 +168,10 @@ class Route(Frozen):
 
 def _parse_link(body: bytes) -> Link:
     _fam, _type, index, flags, _chg = _IFINFO.unpack_from(body)
-    a = _attrs(body, _IFINFO.size)
+    a = attrs(body, _IFINFO.size)
     kind = ""
     if IFLA_LINKINFO in a:
-        info = _attrs(a[IFLA_LINKINFO])
+        info = attrs(a[IFLA_LINKINFO])
         if IFLA_INFO_KIND in info:
             kind = _cstr(info[IFLA_INFO_KIND])
     return Link(
@@ -244,7 +246,7 @@ class RtNetlink:
             return None
         msg = ""
         if mflags & NLM_F_ACK_TLVS:
-            tlv = _attrs(data[off : off + n], 16 + 4 + 16)
+            tlv = attrs(data[off : off + n], 16 + 4 + 16)
             if NLMSGERR_ATTR_MSG in tlv:
                 msg = _cstr(tlv[NLMSGERR_ATTR_MSG])
         return NetlinkError(-err, posix.strerror(-err) + (f" ({msg})" if msg else ""))
@@ -318,8 +320,8 @@ class RtNetlink:
         if mtu:
             body += _u32(IFLA_MTU, mtu)
         if mac:
-            body += _attr(IFLA_ADDRESS, mac)
-        body += _attr(IFLA_LINKINFO | NLA_F_NESTED, _str(IFLA_INFO_KIND, "bridge"))
+            body += attr(IFLA_ADDRESS, mac)
+        body += attr(IFLA_LINKINFO | NLA_F_NESTED, _str(IFLA_INFO_KIND, "bridge"))
         self.request(RTM_NEWLINK, body, NLM_F_CREATE | NLM_F_EXCL)
 
     def add_veth(
@@ -359,20 +361,20 @@ class RtNetlink:
         if mtu:
             peer += _u32(IFLA_MTU, mtu)
         if peer_mac:
-            peer += _attr(IFLA_ADDRESS, peer_mac)
+            peer += attr(IFLA_ADDRESS, peer_mac)
         peer += _u32(IFLA_NUM_TX_QUEUES, 1)
-        info = _str(IFLA_INFO_KIND, "veth") + _attr(
-            IFLA_INFO_DATA | NLA_F_NESTED, _attr(VETH_INFO_PEER | NLA_F_NESTED, peer)
+        info = _str(IFLA_INFO_KIND, "veth") + attr(
+            IFLA_INFO_DATA | NLA_F_NESTED, attr(VETH_INFO_PEER | NLA_F_NESTED, peer)
         )
         body = _IFINFO.pack(0, 0, 0, flags, flags) + _str(IFLA_IFNAME, name)
         if mtu:
             body += _u32(IFLA_MTU, mtu)
         if mac:
-            body += _attr(IFLA_ADDRESS, mac)
+            body += attr(IFLA_ADDRESS, mac)
         if master:
             body += _u32(IFLA_MASTER, master)
         body += _u32(IFLA_NUM_TX_QUEUES, 1)
-        body += _attr(IFLA_LINKINFO | NLA_F_NESTED, info)
+        body += attr(IFLA_LINKINFO | NLA_F_NESTED, info)
         replies = self.request(RTM_NEWLINK, body, NLM_F_CREATE | NLM_F_EXCL | (NLM_F_ECHO if echo else 0))
         for t, b in replies:
             if t == RTM_NEWLINK:
@@ -407,15 +409,15 @@ class RtNetlink:
         if mtu:
             body += _u32(IFLA_MTU, mtu)
         if mac:
-            body += _attr(IFLA_ADDRESS, mac)
+            body += attr(IFLA_ADDRESS, mac)
         if master is not None:
             body += _u32(IFLA_MASTER, master)
         return RTM_NEWLINK, body, 0
 
     def set_hairpin(self, index: int, on: bool = True) -> None:
         """Bridge-port hairpin mode, as netlink.LinkSetHairpin (AF_BRIDGE + IFLA_PROTINFO)."""
-        body = _IFINFO.pack(AF_BRIDGE, 0, index, 0, 0) + _attr(
-            IFLA_PROTINFO | NLA_F_NESTED, _attr(IFLA_BRPORT_MODE, bytes([1 if on else 0]))
+        body = _IFINFO.pack(AF_BRIDGE, 0, index, 0, 0) + attr(
+            IFLA_PROTINFO | NLA_F_NESTED, attr(IFLA_BRPORT_MODE, bytes([1 if on else 0]))
         )
         self.request(RTM_SETLINK, body)
 
@@ -426,9 +428,9 @@ class RtNetlink:
                 continue
             if _IFINFO.unpack_from(b)[2] != index:
                 continue
-            a = _attrs(b, _IFINFO.size)
+            a = attrs(b, _IFINFO.size)
             if IFLA_PROTINFO in a:
-                p = _attrs(a[IFLA_PROTINFO])
+                p = attrs(a[IFLA_PROTINFO])
                 if IFLA_BRPORT_MODE in p:
                     return bool(p[IFLA_BRPORT_MODE][0])
         return None
@@ -444,7 +446,7 @@ class RtNetlink:
         body = b"\0\0\0\0" + _u32(NETNSA_FD, ns_fd)  # struct rtgenmsg (AF_UNSPEC), aligned to 4
         for t, b in self.request(RTM_GETNSID, body):
             if t == RTM_NEWNSID:
-                a = _attrs(b, 4)
+                a = attrs(b, 4)
                 if NETNSA_NSID in a:
                     return struct.unpack("=i", a[NETNSA_NSID])[0]
         return NETNSA_NSID_NOT_ASSIGNED
@@ -455,7 +457,7 @@ class RtNetlink:
         What `ip -n POD link del NAME` does, without a socket in that
         namespace (no setns). A missing link is success (returns False).
         """
-        body = _IFINFO.pack(0, 0, 0, 0, 0) + _str(IFLA_IFNAME, name) + _attr(IFLA_TARGET_NETNSID, struct.pack("=i", nsid))
+        body = _IFINFO.pack(0, 0, 0, 0, 0) + _str(IFLA_IFNAME, name) + attr(IFLA_TARGET_NETNSID, struct.pack("=i", nsid))
         try:
             self.request(RTM_DELLINK, body)
         except NetlinkError as e:
@@ -486,7 +488,7 @@ class RtNetlink:
                 continue
             if family and fam != family:
                 continue
-            a = _attrs(b, _IFADDR.size)
+            a = attrs(b, _IFADDR.size)
             raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
             if raw is None:
                 continue
@@ -501,17 +503,17 @@ class RtNetlink:
     def add_addr_msg(index: int, address: str, prefixlen: int) -> tuple[int, bytes, int]:
         """The add_addr request as (type, body, flags), for request_many."""
         fam, raw = _ip_bytes(address)
-        body = _IFADDR.pack(fam, prefixlen, 0, 0, index) + _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw)
+        body = _IFADDR.pack(fam, prefixlen, 0, 0, index) + attr(IFA_LOCAL, raw) + attr(IFA_ADDRESS, raw)
         if fam == AF_INET and prefixlen < 31:
             import ipaddress
 
             net = ipaddress.ip_network(f"{address}/{prefixlen}", strict=False)
-            body += _attr(IFA_BROADCAST, net.broadcast_address.packed)
+            body += attr(IFA_BROADCAST, net.broadcast_address.packed)
         return RTM_NEWADDR, body, NLM_F_CREATE | NLM_F_EXCL
 
     def del_addr(self, index: int, address: str, prefixlen: int) -> None:
         fam, raw = _ip_bytes(address)
-        body = _IFADDR.pack(fam, prefixlen, 0, 0, index) + _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw)
+        body = _IFADDR.pack(fam, prefixlen, 0, 0, index) + attr(IFA_LOCAL, raw) + attr(IFA_ADDRESS, raw)
         self.request(RTM_DELADDR, body)
 
     # -- routes ----------------------------------------------------------------
@@ -531,9 +533,9 @@ class RtNetlink:
             scope = RT_SCOPE_UNIVERSE if gw else RT_SCOPE_LINK
         body = _RTMSG.pack(fam, net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0)
         if net.prefixlen:
-            body += _attr(RTA_DST, net.network_address.packed)
+            body += attr(RTA_DST, net.network_address.packed)
         if gw:
-            body += _attr(RTA_GATEWAY, ipaddress.ip_address(gw).packed)
+            body += attr(RTA_GATEWAY, ipaddress.ip_address(gw).packed)
         if oif:
             body += _u32(RTA_OIF, oif)
         return RTM_NEWROUTE, body, NLM_F_CREATE | NLM_F_EXCL
@@ -544,7 +546,7 @@ class RtNetlink:
             if t != RTM_NEWROUTE:
                 continue
             fam, dlen, _s, _tos, table, proto, scope, _rt, _fl = _RTMSG.unpack_from(b)
-            a = _attrs(b, _RTMSG.size)
+            a = attrs(b, _RTMSG.size)
             if RTA_TABLE in a:
                 table = struct.unpack("=I", a[RTA_TABLE])[0]
             zero = "0.0.0.0" if fam == AF_INET else "::"

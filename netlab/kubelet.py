@@ -86,10 +86,9 @@ def raise_nofile() -> None:
 def load_cni_plugins() -> None:
     """Import the CNI API and every plugin module once, before sandboxes are made on several threads.
 
-    cni.registry.load returns a module found in sys.modules without the
-    import lock, so a thread could get a plugin another thread is still
-    importing (partially initialized: "has no attribute 'add'"). Loaded
-    here first, every later lookup finds a finished module.
+    cni.registry.load is safe under concurrency (it waits on the import
+    lock for a module another thread is importing); loading here first only
+    keeps the sandbox threads from queueing on those imports.
     """
     from cni import api, registry  # noqa: F401 - imported for its side effect
 

@@ -25,8 +25,10 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+# The attribute codec is the CNI plugins' (cni.netlink): one encoder and parser for netlab.
+from cni.netlink import attr, attrs as parse_attrs  # noqa: F401 - re-exported to proxy.ipvs_batch
+
 NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid (struct nlmsghdr)
-NLA_HDR = struct.Struct("=HH")  # len, type (struct nlattr)
 GENL_HDR = struct.Struct("=BBH")  # cmd, version, reserved (struct genlmsghdr)
 
 NLMSG_ERROR = 2
@@ -38,7 +40,6 @@ NLM_F_DUMP = 0x300
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 NLA_F_NESTED = 0x8000
-NLA_TYPE_MASK = 0x3FFF
 
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # errors do not echo the failed request's payload back
@@ -64,12 +65,6 @@ def _pad(n: int) -> int:
     return (n + 3) & ~3
 
 
-def attr(kind: int, payload: bytes) -> bytes:
-    """One netlink attribute, padded to 4 bytes."""
-    n = NLA_HDR.size + len(payload)
-    return NLA_HDR.pack(n, kind) + payload + b"\0" * (_pad(n) - n)
-
-
 def nested(kind: int, *attrs: bytes) -> bytes:
     return attr(kind | NLA_F_NESTED, b"".join(attrs))
 
@@ -88,20 +83,6 @@ def be16(v: int) -> bytes:
 
 def asciiz(s: str) -> bytes:
     return s.encode() + b"\0"
-
-
-def parse_attrs(data: bytes | memoryview, start: int = 0, end: int | None = None) -> dict[int, bytes]:
-    """type -> payload of the attributes in data[start:end] (nested flag stripped; last one wins)."""
-    out: dict[int, bytes] = {}
-    end = len(data) if end is None else end
-    pos = start
-    while pos + NLA_HDR.size <= end:
-        n, kind = NLA_HDR.unpack_from(data, pos)
-        if n < NLA_HDR.size:
-            break
-        out[kind & NLA_TYPE_MASK] = bytes(data[pos + NLA_HDR.size:pos + n])
-        pos += _pad(n)
-    return out
 
 
 @dataclass(frozen=True)

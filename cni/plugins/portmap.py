@@ -420,14 +420,14 @@ def routable_host_if(args: skel.Args, ip: str) -> str | None:
     nl = nscache.netlink(args.host_netns)
     addr = ipaddress.ip_address(ip)
     fam = 2 if addr.version == 4 else 10  # AF_INET, AF_INET6
-    body = netlink._RTMSG.pack(fam, addr.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + netlink._attr(netlink.RTA_DST, addr.packed)
+    body = netlink._RTMSG.pack(fam, addr.max_prefixlen, 0, 0, 0, 0, 0, 0, 0) + netlink.attr(netlink.RTA_DST, addr.packed)
     try:
         replies = nl.request(netlink.RTM_GETROUTE, body)
     except OSError:
         return None  # no route: the reference skips route_localnet too
     for t, b in replies:
         if t == netlink.RTM_NEWROUTE:
-            a = netlink._attrs(b, netlink._RTMSG.size)
+            a = netlink.attrs(b, netlink._RTMSG.size)
             if netlink.RTA_OIF in a:
                 link = nl.get_link(index=struct.unpack("=I", a[netlink.RTA_OIF])[0])
                 if link is not None:
