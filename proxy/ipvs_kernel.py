@@ -66,6 +66,7 @@ from proxy.ipvs_batch import (
     dump_addrs_body,
     dump_dests_body,
     dump_services_body,
+    merge_snapshot,
     parse_addr,
     parse_dest,
     parse_proc_ip_vs,
@@ -181,17 +182,19 @@ class KernelIpvs:
     def snapshot(self) -> Table:
         """virtual server key -> (virtual server, its real servers): what a sync diffs against.
 
-        The virtual servers from one netlink dump; all real servers from one
-        read of /proc/net/ip_vs (this namespace's), instead of one dump per
-        virtual server. Without that file, the dumps.
+        The virtual servers from one netlink dump; the real servers from one
+        read of /proc/net/ip_vs (this namespace's) instead of one dump per
+        virtual server, and a dump for each virtual server the file left
+        out (merge_snapshot says why it leaves some out). Without that
+        file, the dumps.
         """
         services = self.services()
         try:
             with netns.entered(self.netns_name), open("/proc/thread-self/net/ip_vs") as f:
-                dests = parse_proc_ip_vs(f.read())
+                proc = parse_proc_ip_vs(f.read())
         except FileNotFoundError:
-            return {key: (vs, self.real_servers(vs)) for key, vs in services.items()}
-        return {key: (vs, dests.get(key, set())) for key, vs in services.items()}
+            proc = {}
+        return merge_snapshot(services, proc, self.real_servers)
 
     # -- writes ----------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from proxy.ipvs_batch import (
     Op,
     addr_body,
     diff_table,
+    merge_snapshot,
     parse_addr,
     parse_dest,
     parse_proc_ip_vs,
@@ -244,6 +245,23 @@ def test_proc_ip_vs_gives_every_virtual_servers_real_servers_with_counts():
     (rs,) = t[("10.96.0.1", "TCP", 80)]
     assert (rs.address, rs.port, rs.weight, rs.active_conns, rs.inactive_conns) == ("10.244.1.5", 8080, 3, 1, 4)
     assert t[("10.96.0.2", "UDP", 53)] == set()
+
+
+def test_the_snapshot_dumps_only_the_virtual_servers_proc_left_out():
+    """A real kernel that leaves entries out of /proc/net/ip_vs: tests/vm/test_ipvs_batch_kernel.py."""
+    listed, left_out, empty = (VirtualServer(f"10.96.0.{i}", "TCP", 80) for i in (1, 2, 3))
+    services = {vs.key: vs for vs in (listed, left_out, empty)}
+    proc = {listed.key: {RS}, empty.key: set()}  # listed with no real servers: nothing to dump
+    dumped = []
+    dests = {left_out.key: {RealServer("10.244.2.7", 8080, 2)}}
+
+    def dump(vs):
+        dumped.append(vs)
+        return dests[vs.key]
+
+    assert merge_snapshot(services, proc, dump) == {
+        listed.key: (listed, {RS}), left_out.key: (left_out, dests[left_out.key]), empty.key: (empty, set())}
+    assert dumped == [left_out]
 
 
 # -- the diff ------------------------------------------------------------------------------------------
