@@ -167,6 +167,54 @@ def test_graceful_termination_drains_a_removed_endpoint(lab, backend):
         backend.sync(state, None)
 
 
+def test_deleting_a_service_never_refuses_another(lab, backend):
+    """KUBE-IPVS-FILTER rejects a new connection to an address on kube-ipvs0 that no
+    service ipset entry matches. A sync that deletes one Service (its ipset entries,
+    its address, its virtual server) must leave every other Service answering all the
+    while: a connection to a live ClusterIP opened during such a sync is never refused."""
+    import threading
+    import time
+
+    from proxy.model import ProxyState
+
+    state = mini_state(lab)
+    backend.sync(state, None)
+    dns = next(k for k in state.services if k.name == "dns")
+    without = ProxyState(node=state.node, services={k: v for k, v in state.services.items() if k != dns},
+                         endpoints={k: v for k, v in state.endpoints.items() if k != dns})
+    stop = threading.Event()
+    answers: list[tuple[float, float, object]] = []  # (start, end, answer) of every connection
+
+    def client() -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            r = lab.request(lab.pod_ns("client"), CLUSTER_IP, 80, timeout=2.0)
+            answers.append((t0, time.monotonic(), r))
+
+    syncs: list[tuple[float, float]] = []
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    try:
+        # Until at least 5 connections overlapped a deleting sync (a fast kernel syncs in ms).
+        for _ in range(30):
+            t0 = time.monotonic()
+            backend.sync(without, {dns})
+            syncs.append((t0, time.monotonic()))
+            assert backend.last_changes.services_deleted == 1
+            backend.sync(state, {dns})
+            assert backend.last_changes.services_added == 1
+            overlapped = [a for a in answers if any(a[0] < e and s < a[1] for s, e in syncs)]
+            if len(overlapped) >= 5:
+                break
+    finally:
+        stop.set()
+        t.join(5)
+        backend.sync(state, None)
+    assert len(overlapped) >= 5, f"only {len(overlapped)} connections overlapped a deleting sync"
+    refused = [a for a in answers if a[2] is None]
+    assert not refused, f"{len(refused)} of {len(answers)} connections to the live Service failed"
+
+
 def test_schedulers_load(lab):
     """Every scheduler kube-proxy documents is accepted by the kernel (ip_vs_<name> modules)."""
     from proxy.ipvs import VirtualServer
