@@ -84,8 +84,8 @@ def make_backend(mode: str, node_ns: str, iptables: str = "legacy"):
     if mode == "userspace":
         from proxy.userspace import UserspaceBackend
 
-        # A listening socket and a thread per service port in this process, as kube-proxy's
-        # userspace mode had a socket and goroutine per port: 1k fits the default limits, 10k
+        # A listening socket per service port in this process (one reactor thread waits on all,
+        # as Go's netpoller did for kube-proxy's goroutines): 1k fits the default limits, 10k
         # needs RLIMIT_NOFILE raised (done in main).
         return UserspaceBackend(node_ns)
     raise SystemExit(f"unknown mode {mode}")

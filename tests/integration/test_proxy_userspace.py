@@ -67,6 +67,30 @@ def test_endpoint_change_and_portals(lab):
         backend.sync(mini_state(lab_), None)
 
 
+def test_a_service_port_costs_one_descriptor_and_no_thread(lab):
+    """One reactor waits on every proxy socket: no thread per port blocked in accept(2),
+    which reserves the next connection's descriptor while it sleeps (at 10k ports, twice
+    the descriptors: the bench ran out at RLIMIT_NOFILE 20,000)."""
+    import os
+    import threading
+
+    from proxy.userspace import LoadBalancer, Reactor, ServiceProxy
+
+    lab_, _backend = lab
+    reactor = Reactor()
+    proxies = []
+    try:
+        fds, threads = len(os.listdir("/proc/self/fd")), threading.active_count()
+        proxies = [ServiceProxy(reactor, lab_.node, proto, LoadBalancer()) for proto in ("TCP", "UDP") * 150]
+        assert len(os.listdir("/proc/self/fd")) - fds == 300
+        assert threading.active_count() == threads
+    finally:
+        for p in proxies:
+            p.close()
+        reactor.close()
+    assert not reactor.thread.is_alive()
+
+
 def test_cleanup_removes_portals_and_proxies():
     lab = MiniLab(unique("nltest-pm-"))
     try:
