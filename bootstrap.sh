@@ -41,8 +41,9 @@ apt_deps() {
     # plugins, etcd, iperf3, Mininet (benchmark peer), vagrant (Vagrantfile check),
     # QEMU + a stock kernel for the IPVS subset (tests/vm), strace (which netlink
     # requests nft makes).
+    # gcc + libc6-dev: `netlab cni install` builds the plugin executables from cni/shim.c.
     PKGS="python3 python3-venv python3-pip iproute2 iptables nftables conntrack ipset tcpdump procps kmod iputils-ping
-          ca-certificates"
+          ca-certificates gcc libc6-dev"
     if [ "$1" = test ]; then
         PKGS="$PKGS containernetworking-plugins etcd-server etcd-client iperf3 mininet bridge-utils net-tools graphviz vagrant
               qemu-system-x86 busybox-static ipvsadm cpio gzip strace"

@@ -15,8 +15,17 @@ The floor of an exec'd call is printed too: the interpreter started with
 the plugin's flags and doing nothing, and the reference bridge answering
 VERSION (Go's start-up), exec'd the same way.
 
-    sudo .venv/bin/python bench/cni.py [--pods 100] [--order turns|blocks]
+    sudo .venv/bin/python bench/cni.py [--pods 100] [--order turns|blocks] [--ours daemon|shim|python]
     sudo .venv/bin/python bench/cni.py --in-process 50
+
+``--ours`` picks netlab's executables: ``daemon`` (the default), as
+`netlab cni install` builds them (cni/shim.c) with `netlab cni serve`
+running in the node namespace, so each exec hands its call to the daemon;
+``shim``, the same executables with no daemon (each call falls back to a
+Python process of its own, one exec more); ``python``, the Python
+executables of ``netlab cni install --no-shim``. With the daemon, "CPU"
+adds the daemon's own CPU time per call (all its threads, from
+/proc/PID/task/*/schedstat) to the exec'd process's.
 
 ``--in-process N`` measures instead what the lab does: `cni.api.add` and
 `cni.api.delete` of the same config for N pods, called in this process
@@ -31,6 +40,7 @@ import os
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,8 +70,22 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
 
 
+def task_cpu(pid: int) -> float:
+    """CPU seconds of every thread of process `pid` so far (schedstat: nanoseconds on CPU)."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9
+
+
 class Side:
     """One plugin under test: its node namespace, pod namespaces, config and executable."""
+
+    daemon_pid: int | None = None  # the node's CNI daemon, whose CPU counts for the calls
 
     def __init__(self, label: str, rt: Runtime, c: dict, exe: str, pods: int, tag: str) -> None:
         self.label, self.exe = label, exe
@@ -79,11 +103,11 @@ class Side:
 
     def call(self, cmd: str, i: int) -> None:
         env = self.rt.env(cmd, f"ctr{i}", netns.path(self.pods[i]), "eth0")
-        c = _children_cpu()
+        c = _children_cpu() + (task_cpu(self.daemon_pid) if self.daemon_pid else 0.0)
         t = time.perf_counter()
         r = self.rt.exec_raw(self.exe, env, self.stdin)
         self.times[cmd].append(time.perf_counter() - t)
-        self.cpu[cmd].append(_children_cpu() - c)
+        self.cpu[cmd].append(_children_cpu() + (task_cpu(self.daemon_pid) if self.daemon_pid else 0.0) - c)
         if r.code != 0:
             raise SystemExit(f"{self.label} {cmd} failed: {r.stdout} {r.stderr}")
 
@@ -147,6 +171,8 @@ def main() -> None:
     ap.add_argument("--pods", type=int, default=100)
     ap.add_argument("--order", choices=("turns", "blocks"), default="turns")
     ap.add_argument("--in-process", type=int, default=0, metavar="N", help="measure cni.api in this process instead")
+    ap.add_argument("--ours", choices=("daemon", "shim", "python"), default="daemon",
+                    help="netlab's executables: shim + node daemon, shim alone, or the Python ones")
     opts = ap.parse_args()
     if opts.in_process:
         in_process(opts.in_process)
@@ -154,9 +180,10 @@ def main() -> None:
     tag = uuid.uuid4().hex[:6]
     tmp = tempfile.mkdtemp(prefix=f"{PREFIX}-")
     sides: list[Side] = []
+    served = None
     try:
         ours_dir = os.path.join(tmp, "bin")
-        cli.install(ours_dir)
+        cli.install(ours_dir, shim=opts.ours != "python")
         # Reference first on CNI_PATH would shadow nothing: ours are netlab-*.
         rt = Runtime(cni_path=[REFERENCE_DIR, ours_dir])
         sides = [
@@ -167,6 +194,13 @@ def main() -> None:
         ]
         for s in sides:
             s.create()
+        if opts.ours == "daemon":
+            netlab = os.path.join(os.path.dirname(sys.executable), "netlab")
+            served = subprocess.Popen([netlab, "cni", "serve", "--netns", sides[1].node],
+                                      stderr=subprocess.PIPE, text=True)
+            if "serving" not in served.stderr.readline():
+                raise SystemExit("netlab cni serve did not start")
+            sides[1].daemon_pid = served.pid
         load = os.getloadavg()[0]
         if opts.order == "turns":
             for cmd in ("ADD", "DEL"):
@@ -178,19 +212,23 @@ def main() -> None:
                 for cmd in ("ADD", "DEL"):
                     for i in range(opts.pods):
                         s.call(cmd, i)
-        with open(os.path.join(ours_dir, "netlab-bridge")) as f:
-            python = f.readline()[2:].split()
+        python = [os.path.realpath(sys.executable), "-IS"]  # as the executables run it
         env = {"CNI_COMMAND": "VERSION", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         floors = {
             "python " + " ".join(python[1:]) + " -c pass": floor(sides[0].node, python + ["-c", "pass"], env, b"", 50),
             "reference bridge VERSION": floor(sides[0].node, [sides[0].exe], env, b'{"cniVersion":"1.0.0"}', 50),
+            f"netlab-bridge VERSION ({opts.ours})": floor(sides[1].node, [sides[1].exe], env,
+                                                         b'{"cniVersion":"1.0.0"}', 50),
         }
         load_end = os.getloadavg()[0]
     finally:
+        if served is not None:
+            served.terminate()
+            served.wait(30)
         for s in sides:
             s.remove()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"order: {opts.order}, {opts.pods} pods, load average {load:.2f} -> {load_end:.2f}")
+    print(f"order: {opts.order}, ours: {opts.ours}, {opts.pods} pods, load average {load:.2f} -> {load_end:.2f}")
     print(f"{'plugin':<10} {'verb':<4} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8} {'CPU p50 ms':>11}")
     res = {"reference": sides[0].times, "netlab": sides[1].times}
     cpu = {"reference": sides[0].cpu, "netlab": sides[1].cpu}

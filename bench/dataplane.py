@@ -221,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = max(int(x) for x in args.services.split(",")) * 2 + 1024
         if soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+            # Root with CAP_SYS_RESOURCE may raise the hard limit too (30k services need ~31k).
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+            except (ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
     results = run(args.modes.split(","), [int(x) for x in args.services.split(",")], args.connections, args.seed,
                   args.iptables, args.endpoints, args.partial_rounds)
     print(table(results))

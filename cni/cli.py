@@ -51,20 +51,68 @@ def render(plugin: str, python: str | None = None, root: str | None = None) -> s
     )
 
 
-def install(directory: str, python: str | None = None) -> list[str]:
-    """Write netlab-<plugin> executables into `directory` (upsert: replaced atomically)."""
+def install(directory: str, python: str | None = None, shim: bool | None = None) -> list[str]:
+    """Write netlab-<plugin> executables into `directory` (upsert: replaced atomically).
+
+    With `shim` (default: when a C compiler is there) each is cni/shim.c
+    built for its plugin, which hands calls to the node's CNI daemon
+    (cni.daemon) and runs the Python executable's code itself when there is
+    none; without, the Python executable (TEMPLATE) itself.
+    """
     os.makedirs(directory, 0o755, exist_ok=True)
     compile_package()
+    if shim is None:
+        shim = compiler() is not None
     written = []
     for plugin in registry.PLUGINS:
         path = os.path.join(directory, registry.PREFIX + plugin)
         tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(render(plugin, python))
+        if shim:
+            build_shim(plugin, tmp, python)
+        else:
+            with open(tmp, "w") as f:
+                f.write(render(plugin, python))
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)
         written.append(path)
     return written
+
+
+def compiler() -> str | None:
+    import shutil
+
+    return shutil.which("cc") or shutil.which("gcc")
+
+
+def c_string(text: str) -> str:
+    """`text` as a C string literal (octal escapes for anything but plain printable ASCII)."""
+    out = []
+    for b in text.encode():
+        c = chr(b)
+        out.append(c if 32 <= b < 127 and c not in '"\\?' else f"\\{b:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def build_shim(plugin: str, out: str, python: str | None = None) -> None:
+    """Compile cni/shim.c for `plugin` into `out` (the fallback: TEMPLATE's code, run with -IS -c)."""
+    import subprocess
+    import tempfile
+
+    cc = compiler()
+    if cc is None:
+        raise click.ClickException("no C compiler (cc) to build the plugin executables: "
+                                   "install gcc, or pass --no-shim for Python executables")
+    code = render(plugin, python).split("\n", 2)[2]  # the template's body, without its two header lines
+    with tempfile.TemporaryDirectory(prefix="netlab-shim-") as tmp:
+        with open(os.path.join(tmp, "shim_config.h"), "w") as f:
+            f.write(f"#define PLUGIN {c_string(plugin)}\n"
+                    f"#define PYTHON {c_string(python or os.path.realpath(sys.executable))}\n"
+                    f"#define FALLBACK_CODE {c_string(code)}\n")
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.c")
+        p = subprocess.run([cc, "-O2", "-Wall", "-Werror", "-I", tmp, "-o", out, src],
+                           capture_output=True, text=True)
+    if p.returncode != 0:
+        raise click.ClickException(f"building {os.path.basename(out)} from {src} failed:\n{p.stderr.strip()}")
 
 
 def compile_package() -> None:
@@ -81,7 +129,39 @@ def cni() -> None:
 
 @cni.command(name="install")
 @click.option("--dir", "directory", default="/opt/cni/bin", show_default=True, help="CNI bin directory (a CNI_PATH entry)")
-def install_cmd(directory: str) -> None:
+@click.option("--shim/--no-shim", default=None,
+              help="build executables that hand calls to the node's `netlab cni serve` (default: when cc is there)")
+def install_cmd(directory: str, shim: bool | None) -> None:
     """Install the plugin executables, beside any reference plugins already there."""
-    for p in install(directory):
+    for p in install(directory, shim=shim):
         click.echo(p)
+
+
+@cni.command(name="serve")
+@click.option("--netns", "netns_name", default=None, help="serve this named network namespace (default: this process's)")
+def serve_cmd(netns_name: str | None) -> None:
+    """Run the node's CNI daemon: the plugin executables hand it their calls.
+
+    One per network namespace in which a runtime execs plugins; runs until
+    killed (SIGTERM/SIGINT). Without it the executables run each call in a
+    Python process of their own.
+    """
+    import signal
+
+    from cni import daemon
+
+    if netns_name is not None:
+        from netlab import netns
+
+        if not netns.exists(netns_name):
+            raise click.BadParameter(f"no network namespace {netns_name!r} (`ip netns list` shows the names)",
+                                     param_hint="--netns")
+        # This thread, before any other starts: the daemon's threads inherit its namespace.
+        netns.enter_for_good(netns_name)
+    try:
+        sock = daemon.listen()
+    except OSError as e:
+        raise click.ClickException(str(e)) from None
+    for sig in (signal.SIGTERM, signal.SIGINT):  # accept() is retried after the handler, and fails: serve returns
+        signal.signal(sig, lambda *_: daemon.stop(sock))
+    daemon.serve(sock, on_ready=lambda: click.echo(f"netlab CNI daemon: serving @{daemon.SOCKET_NAME}", err=True))

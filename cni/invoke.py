@@ -55,7 +55,9 @@ def delegate(command: str, conf: dict, args: skel.Args, type_: str | None = None
 
 
 def plugin_env(args: skel.Args) -> dict[str, str]:
-    env = dict(os.environ)
+    """What an exec'd delegate gets: the caller's environment (a runtime's, also when the node's
+    CNI daemon runs the call for it) with the call's CNI_* variables."""
+    env = dict(os.environ if args.environ is None else args.environ)
     env.update(
         CNI_COMMAND=args.command,
         CNI_CONTAINERID=args.container_id,

@@ -45,8 +45,12 @@ def _version_of(conf: object) -> str:
     return skel.LATEST
 
 
-def execute(plugin: str, environ: dict, stdin: bytes) -> tuple[int, str]:
-    """One plugin call as a runtime makes it; returns (exit code, stdout text)."""
+def execute(plugin: str, environ: dict, stdin: bytes, caller_environ: bool = False) -> tuple[int, str]:
+    """One plugin call as a runtime makes it; returns (exit code, stdout text).
+
+    `caller_environ`: `environ` is another process's (the node daemon's caller),
+    so delegates exec'd by this call inherit it instead of this process's.
+    """
     from cni import registry, skel
     from cni.errors import CNIError, DECODE_FAILURE, INTERNAL, INVALID_ENV
 
@@ -78,6 +82,7 @@ def execute(plugin: str, environ: dict, stdin: bytes) -> tuple[int, str]:
             args=environ.get("CNI_ARGS", ""),
             path=[p for p in environ.get("CNI_PATH", "").split(":") if p],  # os.pathsep on Linux
             exec_mode=True,
+            environ=environ if caller_environ else None,
         )
         out = skel.run(registry.load(plugin), conf, args)
         return 0, fastjson.dumps(out) if out is not None else ""

@@ -3,8 +3,8 @@
 Executables are installed as ``netlab-<type>`` so they can share one
 CNI_PATH with the reference plugins. A config may name a type with or
 without the prefix ("flannel" == "netlab-flannel"). An installed executable
-carries MARKER in its first bytes, so a delegating plugin that found it on
-CNI_PATH knows it may run the same code in-process instead of forking.
+carries MARKER, so a delegating plugin that found it on CNI_PATH knows it
+may run the same code in-process instead of forking.
 """
 
 import sys
@@ -52,8 +52,10 @@ def load(short_name: str) -> "ModuleType":
 
 
 def is_ours(path: str) -> bool:
+    """Whether `path` is one of netlab's executables: the Python one carries MARKER in its
+    header, the compiled one (cni/shim.c) in its data, a few KiB in."""
     try:
         with open(path, "rb") as f:
-            return MARKER in f.read(512)
+            return MARKER in f.read(1 << 20)
     except OSError:
         return False

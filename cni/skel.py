@@ -54,10 +54,11 @@ class Args(Record):
     (the node's); None means the calling thread's own, which is what an
     exec'd plugin has. `exec_mode` says delegates are found along CNI_PATH
     (`path`) as invoke.DelegateAdd finds them; in-process callers dispatch
-    delegates by type directly.
+    delegates by type directly. `environ` is what an exec'd delegate
+    inherits besides the CNI_* variables (None: this process's).
     """
 
-    __slots__ = ("command", "container_id", "netns", "ifname", "args", "path", "host_netns", "exec_mode")
+    __slots__ = ("command", "container_id", "netns", "ifname", "args", "path", "host_netns", "exec_mode", "environ")
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class Args(Record):
         path: list[str] | None = None,
         host_netns: str | None = None,
         exec_mode: bool = False,
+        environ: dict | None = None,
     ) -> None:
         self.command = command
         self.container_id = container_id
@@ -78,6 +80,7 @@ class Args(Record):
         self.path = [] if path is None else path
         self.host_netns = host_netns
         self.exec_mode = exec_mode
+        self.environ = environ  # the caller's whole environment, when it is not this process's (cni.daemon)
 
     def cni_args(self) -> dict[str, str]:
         """CNI_ARGS "K1=V1;K2=V2" as a dict (types.LoadArgs' input)."""

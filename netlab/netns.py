@@ -109,17 +109,22 @@ def entered(name: str) -> Iterator[None]:
     """
     own = os.open(_SELF, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        target = os.open(path(name), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
+        enter_for_good(name)
         try:
             yield
         finally:
             _setns(own)
     finally:
         os.close(own)
+
+
+def enter_for_good(name: str) -> None:
+    """Move the calling thread into namespace `name` and stay (threads it starts later inherit it)."""
+    target = os.open(path(name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(target)
+    finally:
+        os.close(target)
 
 
 def _lo_up() -> None:

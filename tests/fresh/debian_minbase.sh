@@ -51,7 +51,7 @@ chroot "$ROOT" /bin/sh -c '
     ./bootstrap.sh deps
     .venv/bin/netlab validate -f topologies/demo.yaml
     .venv/bin/python -c "import pyroute2, scapy, yaml, click, rich, pytest, hypothesis"
-    for b in ip iptables-restore iptables-legacy-restore nft conntrack ipset tcpdump etcd iperf3 vagrant qemu-system-x86_64 /usr/lib/cni/bridge strace; do
+    for b in ip iptables-restore iptables-legacy-restore nft conntrack ipset tcpdump etcd iperf3 vagrant qemu-system-x86_64 /usr/lib/cni/bridge strace cc; do
         command -v "$b" >/dev/null || { echo "missing after set-up: $b" >&2; exit 1; }
     done
 '

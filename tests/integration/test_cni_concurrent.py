@@ -14,6 +14,7 @@ the reference bridge + host-local, to show the invariants hold for it too
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -22,12 +23,12 @@ import pytest
 
 from cni.runtime import Runtime
 from netlab import netns
-from tests.integration.test_cni_support import REF, bindir, nss_fixture, sh  # noqa: F401 (bindir: a fixture)
+from tests.integration.test_cni_support import REF, bindir, nss_fixture, serving, sh  # noqa: F401 (bindir: a fixture)
 
 nss = nss_fixture("nlct")
 PODS = 20
-TYPES = {"ours": ("netlab-bridge", "netlab-host-local"), "ref-bridge": ("bridge", "netlab-host-local"),
-         "ref": ("bridge", "host-local")}
+TYPES = {"ours": ("netlab-bridge", "netlab-host-local"), "ours-daemon": ("netlab-bridge", "netlab-host-local"),
+         "ref-bridge": ("bridge", "netlab-host-local"), "ref": ("bridge", "host-local")}
 
 
 def conf(who: str, data_dir: str) -> dict:
@@ -61,8 +62,16 @@ def reservations(d: str) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("who", sorted(TYPES))
 def test_twenty_concurrent_exec_adds_and_dels(who, nss, bindir, tmp_path):
-    role = who.replace("-bridge", "b")
+    """"ours-daemon": the same executables, with the node's CNI daemon answering their calls
+    (cni.daemon: 20 calls at once on its workers, in threads of one process)."""
+    role = {"ours-daemon": "od", "ref-bridge": "refb"}.get(who, who)
     node = nss.new(f"{role}n")
+    with serving(node) if who == "ours-daemon" else contextlib.nullcontext([]) as answered:
+        _race(who, node, nss, bindir, tmp_path, role)
+    assert len(answered) == (2 * PODS if who == "ours-daemon" else 0)  # every ADD and DEL handed over
+
+
+def _race(who, node, nss, bindir, tmp_path, role):
     pods = {f"race{i:02d}": nss.new(f"{role}{i:02d}") for i in range(PODS)}
     rt = Runtime(cni_path=[bindir, REF], host_netns=node)
     c = conf(who, str(tmp_path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import threading
 
 import pytest
 
@@ -58,6 +59,46 @@ def call(rt, type_: str, command: str, container_id: str, pod: str | None, conf:
     env = rt.env(command, container_id, netns.path(pod) if pod else "", ifname)
     r = rt.exec_raw(rt.find(type_), env, json.dumps(conf).encode())
     return r.code, (json.loads(r.stdout) if r.stdout.strip() else None)
+
+
+@contextlib.contextmanager
+def serving(node: str):
+    """netlab's CNI daemon (cni.daemon) serving namespace `node`, from threads of this process.
+
+    Yields a list that gets one entry per call the daemon answered, so a test
+    can tell that the executables handed their calls over (not run in Python).
+    """
+    from cni import daemon
+
+    answered: list[int] = []
+    real = daemon.handle
+    ready, box = threading.Event(), {}
+
+    def counting(conn) -> None:
+        answered.append(1)
+        real(conn)
+
+    def run() -> None:
+        try:
+            netns.enter_for_good(node)  # this thread only; the daemon's workers inherit it
+            box["sock"] = daemon.listen()
+        finally:
+            ready.set()
+        daemon.serve(box["sock"])
+
+    daemon.handle = counting
+    t = threading.Thread(target=run, daemon=True, name=f"cni-daemon-{node}")
+    t.start()
+    try:
+        ready.wait(10)
+        assert "sock" in box, f"the CNI daemon did not start in {node}"
+        yield answered
+    finally:
+        if "sock" in box:
+            daemon.stop(box["sock"])
+        t.join(30)
+        daemon.handle = real
+    assert not t.is_alive()
 
 
 def error_of(out: dict | None) -> tuple[int, str]:
