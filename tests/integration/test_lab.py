@@ -139,8 +139,14 @@ def test_node_agents_are_forks_of_one_zygote_that_look_started_alone(labs):
     # An agent that dies is gone at once (reaped), and the next `up` starts it again, alone.
     os.kill(agents["flanneld-node2"], signal.SIGKILL)
     wait_until(lambda: daemons.start_time(agents["flanneld-node2"]) is None, what="flanneld-node2 reaped")
-    with open(os.path.join(daemons.log_dir(name), "zygote.log")) as f:
-        assert f"flanneld-node2 (pid {agents['flanneld-node2']}) ended: signal 9" in f.read()
+
+    def zygote_log() -> str:
+        with open(os.path.join(daemons.log_dir(name), "zygote.log")) as f:
+            return f.read()
+
+    # The zygote writes its line right after wait() returns, which is when /proc forgets the pid.
+    ended = f"flanneld-node2 (pid {agents['flanneld-node2']}) ended: signal 9"
+    wait_until(lambda: ended in zygote_log(), timeout=5, what=f"{ended!r} in zygote.log")
     res = labs.up(path)
     assert res.changes == ["daemon flanneld-node2"]
     assert daemons.alive(name, "flanneld-node2") and daemons.recorded_pid(name, "kube-proxy-node1") == agents["kube-proxy-node1"]
