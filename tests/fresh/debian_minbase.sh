@@ -3,7 +3,8 @@
 # `debootstrap --variant=minbase` (no make, no Python, no compiler): the repo's
 # committed tree is copied into a chroot and `./bootstrap.sh deps` runs there
 # (every apt package of the demo and the tests, the venv, netlab with its test
-# extra); then netlab validates the demo lab and the test tools import.
+# extra); then netlab validates the demo lab, the test tools import, and the
+# CNI executables build (cc) and answer VERSION.
 #
 #   sudo tests/fresh/debian_minbase.sh [DIR]     # DIR: the chroot (default /var/tmp/netlab-fresh)
 #
@@ -51,6 +52,8 @@ chroot "$ROOT" /bin/sh -c '
     ./bootstrap.sh deps
     .venv/bin/netlab validate -f topologies/demo.yaml
     .venv/bin/python -c "import pyroute2, scapy, yaml, click, rich, pytest, hypothesis"
+    .venv/bin/netlab cni install --dir /tmp/cnibin >/dev/null   # builds the executables from cni/shim.c
+    echo "{\"cniVersion\":\"1.1.0\"}" | CNI_COMMAND=VERSION /tmp/cnibin/netlab-bridge | grep -q supportedVersions
     for b in ip iptables-restore iptables-legacy-restore nft conntrack ipset tcpdump etcd iperf3 vagrant qemu-system-x86_64 /usr/lib/cni/bridge strace cc; do
         command -v "$b" >/dev/null || { echo "missing after set-up: $b" >&2; exit 1; }
     done
