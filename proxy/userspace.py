@@ -24,6 +24,7 @@ import functools
 import select
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -139,8 +140,11 @@ class Reactor:
             for key, _ in self.sel.select(self.SWEEP_EVERY):
                 if key.data is None:
                     self._run_calls()
-                else:
+                    continue
+                try:
                     key.data(key.fileobj)
+                except Exception as e:  # one socket's trouble (EMFILE on a new flow, say) ends no proxy
+                    print(f"netlab userspace proxy: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             now = time.monotonic()
             if now >= next_sweep:
                 for proxy in list(self.sweepers):

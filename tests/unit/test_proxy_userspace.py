@@ -56,3 +56,40 @@ def test_readable_takes_descriptors_past_1023():
         a.close()
         b.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_failing_socket_callback_leaves_the_reactor_serving():
+    """One socket's error (say EMFILE while opening a UDP flow's upstream) must not end the
+    thread that serves every other proxy."""
+    import selectors
+    import socket
+    import threading
+
+    from proxy.userspace import Reactor
+
+    r = Reactor()
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    raised, served = threading.Event(), threading.Event()
+
+    def bad(sock):
+        sock.recv(16)
+        raised.set()
+        raise OSError(24, "Too many open files")
+
+    def good(sock):
+        sock.recv(16)
+        served.set()
+
+    try:
+        r.call(lambda: r.sel.register(a, selectors.EVENT_READ, bad))
+        r.call(lambda: r.sel.register(c, selectors.EVENT_READ, good))
+        b.send(b"x")
+        assert raised.wait(5)
+        d.send(b"y")
+        assert served.wait(5) and r.thread.is_alive()
+    finally:
+        r.close()
+        for s in (a, b, c, d):
+            s.close()
+    assert not r.thread.is_alive()
