@@ -255,48 +255,67 @@ def lab_processes(lab: str) -> list[int]:
 
 
 def terminate(pids: Iterable[int], grace: float = 2.0) -> None:
-    """SIGTERM, then SIGKILL whatever is left after `grace` seconds; poll, don't sleep blindly."""
+    """SIGTERM, then SIGKILL whatever is left after `grace` seconds.
+
+    Each process is held by a pidfd (taken while its start time still
+    matches, so a reused PID is never signalled) and waited for with
+    poll(2): a pidfd turns readable when its process exits, so the wait
+    ends the moment the last one does, with no polling interval.
+    """
     pids = list(pids)
     starts = {p: start_time(p) for p in pids}
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-
-    def living() -> list[int]:
-        out = []
+    held: dict[int, int] = {}  # pidfd -> pid
+    try:
         for p in pids:
-            st = start_time(p)
-            if st is not None and st == starts[p]:
-                try:
-                    with open(f"/proc/{p}/stat") as f:
-                        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                            with contextlib.suppress(ChildProcessError):
-                                os.waitpid(p, os.WNOHANG)
-                            continue
-                except OSError:
-                    continue
-                out.append(p)
-        return out
-
-    while living() and time.monotonic() < deadline:
-        reap()
-        time.sleep(0.02)
-    for p in living():
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 2
-    while living() and time.monotonic() < deadline:
-        time.sleep(0.01)
+            if starts[p] is None:
+                continue
+            try:
+                fd = os.pidfd_open(p)
+            except OSError:  # gone already
+                continue
+            if start_time(p) != starts[p]:  # ended and the PID reused before the pidfd was taken
+                os.close(fd)
+                continue
+            held[fd] = p
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+            for fd in held:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(fd, sig)
+            _wait_exits(held, time.monotonic() + wait)
+            if not held:
+                break
+    finally:
+        for fd in held:
+            os.close(fd)
+    reap()
     # Ended, but maybe not yet reaped by a parent that is not us (a zygote reaps at once; init may
     # take longer): wait a little for the PIDs to leave the process table, so "gone" means gone.
     deadline = time.monotonic() + REAP_WAIT
     while any(starts[p] is not None and start_time(p) == starts[p] for p in pids) and time.monotonic() < deadline:
         time.sleep(0.005)
+
+
+def _wait_exits(held: dict[int, int], deadline: float) -> None:
+    """Wait until every pidfd of `held` (pidfd -> pid) is readable, its process exited, or
+    `deadline`; each one that turned readable is closed and taken out of `held`. Our own
+    children are reaped as they exit."""
+    import select
+
+    poller = select.poll()
+    for fd in held:
+        poller.register(fd, select.POLLIN)
+    while held:
+        timeout_ms = (deadline - time.monotonic()) * 1000
+        if timeout_ms <= 0:
+            return
+        ready = [fd for fd, _ in poller.poll(timeout_ms)]
+        reap()  # our Popen children, through Popen (it keeps their status)
+        for fd in ready:
+            poller.unregister(fd)
+            pid = held.pop(fd)
+            os.close(fd)
+            with contextlib.suppress(ChildProcessError):  # any other child of ours: no zombie left
+                os.waitpid(pid, os.WNOHANG)
 
 
 def stop(lab: str, daemon: str) -> None:
