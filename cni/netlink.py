@@ -61,7 +61,7 @@ RTPROT_BOOT = 3
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST = 0, 253, 254
 RTN_UNICAST = 1
 
-_HDR = struct.Struct("=IHHII")
+NLMSG_HDR = _HDR = struct.Struct("=IHHII")  # struct nlmsghdr: len, type, flags, seq, pid
 _IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
@@ -204,6 +204,22 @@ NLM_F_ECHO = 0x8  # echo the change back to the requester (honoured by RTM_NEWLI
 IFLA_NUM_TX_QUEUES = 31
 
 
+def frame(type_: int, flags: int, seq: int, body: bytes) -> bytes:
+    """One whole request: struct nlmsghdr + body (pid 0: the kernel fills in the sender's)."""
+    return _HDR.pack(_HDR.size + len(body), type_, flags, seq, 0) + body
+
+
+def messages(data: bytes):
+    """(offset, length, type, flags, seq) of each message in one datagram the kernel sent."""
+    off = 0
+    while off + _HDR.size <= len(data):
+        n, t, mflags, mseq, _pid = _HDR.unpack_from(data, off)
+        if n < _HDR.size:
+            return
+        yield off, n, t, mflags, mseq
+        off += (n + 3) & ~3
+
+
 class RtNetlink:
     """One NETLINK_ROUTE socket, bound to the namespace it was opened in."""
 
@@ -227,16 +243,6 @@ class RtNetlink:
 
     # -- transport ---------------------------------------------------------
 
-    @staticmethod
-    def _messages(data: bytes):
-        """(offset, length, type, flags, seq) of each message in one datagram."""
-        off = 0
-        while off + _HDR.size <= len(data):
-            n, t, mflags, mseq, _pid = _HDR.unpack_from(data, off)
-            if n < _HDR.size:
-                return
-            yield off, n, t, mflags, mseq
-            off += (n + 3) & ~3
 
     @staticmethod
     def _nack(data: bytes, off: int, n: int, mflags: int) -> "NetlinkError | None":
@@ -256,11 +262,11 @@ class RtNetlink:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         seq = self._seq
         fl = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK) | flags
-        self.sock.send(_HDR.pack(_HDR.size + len(body), type_, fl, seq, 0) + body)
+        self.sock.send(frame(type_, fl, seq, body))
         replies: list[tuple[int, bytes]] = []
         while True:
             data = self.sock.recv(1 << 16)
-            for off, n, t, mflags, mseq in self._messages(data):
+            for off, n, t, mflags, mseq in messages(data):
                 if mseq != seq:
                     continue
                 if t == NLMSG_ERROR:
@@ -284,14 +290,14 @@ class RtNetlink:
         buf = []
         for i, (type_, body, flags) in enumerate(msgs):
             seq = (first + i) & 0xFFFFFFFF
-            buf.append(_HDR.pack(_HDR.size + len(body), type_, NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0) + body)
+            buf.append(frame(type_, NLM_F_REQUEST | NLM_F_ACK | flags, seq, body))
         self._seq = (first + len(msgs) - 1) & 0xFFFFFFFF
         self.sock.send(b"".join(buf))
         want = {(first + i) & 0xFFFFFFFF: i for i in range(len(msgs))}
         errors: list[NetlinkError | None] = [None] * len(msgs)
         while want:
             data = self.sock.recv(1 << 16)
-            for off, n, t, mflags, mseq in self._messages(data):
+            for off, n, t, mflags, mseq in messages(data):
                 if t == NLMSG_ERROR and mseq in want:
                     errors[want.pop(mseq)] = self._nack(data, off, n, mflags)
         return errors

@@ -25,10 +25,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-# The attribute codec is the CNI plugins' (cni.netlink): one encoder and parser for netlab.
-from cni.netlink import attr, attrs as parse_attrs  # noqa: F401 - re-exported to proxy.ipvs_batch
+# The message framing and attribute codec are the CNI plugins' (cni.netlink): one for netlab.
+from cni.netlink import NLMSG_HDR, attr, attrs as parse_attrs, frame, messages  # noqa: F401 - re-exported
 
-NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid (struct nlmsghdr)
 GENL_HDR = struct.Struct("=BBH")  # cmd, version, reserved (struct genlmsghdr)
 
 NLMSG_ERROR = 2
@@ -97,23 +96,13 @@ class Message:
 
 def split_messages(data: bytes) -> Iterator[Message]:
     """The messages of one datagram the kernel sent."""
-    pos = 0
-    while pos + NLMSG_HDR.size <= len(data):
-        n, kind, flags, seq, _pid = NLMSG_HDR.unpack_from(data, pos)
-        if n < NLMSG_HDR.size:
-            break
-        yield Message(kind, flags, seq, data[pos + NLMSG_HDR.size:pos + n])
-        pos += _pad(n)
+    for off, n, kind, flags, seq in messages(data):
+        yield Message(kind, flags, seq, data[off + NLMSG_HDR.size:off + n])
 
 
 def error_code(m: Message) -> int:
     """The errno of an NLMSG_ERROR (0: an ack). The kernel sends it negated."""
     return -struct.unpack_from("=i", m.payload)[0]
-
-
-def frame(kind: int, flags: int, seq: int, body: bytes) -> bytes:
-    """A whole request: nlmsghdr + body (pid 0: the kernel fills in ours)."""
-    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), kind, flags, seq, 0) + body
 
 
 def genl_body(cmd: int, version: int, attrs: bytes) -> bytes:
