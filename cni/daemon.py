@@ -14,8 +14,9 @@ their calls to a node daemon for the same reason.
 An abstract socket belongs to the network namespace it was bound in, so
 one daemon serves the runtime of one node (run it where the runtime runs
 its plugins: `netlab cni serve`, or `--netns NODE`). Only root and the
-daemon's own user are served (SO_PEERCRED); the executable checks the
-daemon's credentials the same way before it sends anything.
+daemon's own user are served (SO_PEERCRED; any other caller is answered
+REFUSED and runs the call itself); the executable checks the daemon's
+credentials before it sends anything.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 SOCKET_NAME = "netlab-cni/1"  # abstract (leading NUL), per network namespace; cni/shim.c's
 MAGIC = b"NLCNI\x01"
+REFUSED = -1  # the answer's exit code for "not served here": the executable runs the call itself
 MAX_FIELD = 64 << 20  # no config, environment or result is this large; a longer one is not a call
 WORKERS = 8  # calls run at once (each thread keeps its own netlink sockets: cni.nscache)
 
@@ -83,16 +85,18 @@ def handle(conn: socket.socket) -> None:
     from cni.main import execute
 
     with conn:
-        if _peer_uid(conn) not in (0, os.geteuid()):
-            return  # closed unanswered: the executable reports the daemon gone (code 11)
         try:
             plugin, env, stdin = read_request(conn)
         except (EOFError, ValueError, OSError):
-            return
-        if registry.short(plugin) is None:
-            return
-        code, out = execute(registry.short(plugin), env, stdin, caller_environ=True)
-        data = (out + "\n").encode() if out else b""
+            return  # not a call from the executable, or cut short: nothing to answer
+        if _peer_uid(conn) not in (0, os.geteuid()) or registry.short(plugin) is None:
+            # Not a caller this daemon serves (a user the executable's own process would run
+            # as, say in another user namespace), or a plugin it does not know: REFUSED, and
+            # the executable runs the call itself, as without a daemon.
+            code, data = REFUSED, b""
+        else:
+            code, out = execute(registry.short(plugin), env, stdin, caller_environ=True)
+            data = (out + "\n").encode() if out else b""
         try:
             conn.sendall(_ANSWER.pack(code, len(data)) + data)
         except OSError:

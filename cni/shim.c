@@ -11,9 +11,11 @@
  * reference Go plugin's whole DEL (BENCHMARKS.md, "CNI plugin").
  *
  * No daemon (nothing listens, or the listener is not root or our own uid:
- * never hand a call to an impostor): the call runs in a Python process of its
- * own, exactly as the plain executable does (stdin is not touched before).
- * The daemon gone mid-call: the spec's "try again later" error (code 11).
+ * never hand a call to an impostor), or a daemon that would not serve us
+ * (we are neither root nor its user; or it answers REFUSED): the call runs
+ * in a Python process of its own, exactly as the plain executable does, with
+ * the same stdin. The daemon gone mid-call: the spec's "try again later"
+ * error (code 11).
  *
  * Built by `netlab cni install`, once per plugin, with shim_config.h giving
  * PLUGIN (the plugin's short name), PYTHON (the interpreter) and FALLBACK_CODE
@@ -26,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -39,6 +42,7 @@ const char netlab_marker[] __attribute__((used)) = "netlab-cni-plugin";
 #define SOCKET_NAME "netlab-cni/1" /* cni.daemon.SOCKET_NAME */
 #define MAGIC "NLCNI\x01"           /* cni.daemon.MAGIC */
 #define MAGIC_LEN 6
+#define REFUSED (-1)                /* cni.daemon.REFUSED: "not served here, run it yourself" */
 
 extern char **environ;
 
@@ -66,7 +70,9 @@ static int daemon_socket(void)
     }
     struct ucred cr;
     socklen_t crlen = sizeof cr;
-    if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0 || (cr.uid != 0 && cr.uid != geteuid())) {
+    /* The listener must be root or us; and the daemon serves only root and its own user. */
+    if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0 || (cr.uid != 0 && cr.uid != geteuid()) ||
+        (geteuid() != 0 && geteuid() != cr.uid)) {
         close(s);
         return -1;
     }
@@ -113,6 +119,23 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
+/* To the daemon's socket: send(2) with MSG_NOSIGNAL, so a daemon gone mid-call is an error
+ * (reported as code 11), not a SIGPIPE that kills this process without a word. */
+static int send_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
 static int read_all(int fd, void *p, size_t n)
 {
     char *c = p;
@@ -120,12 +143,26 @@ static int read_all(int fd, void *p, size_t n)
         ssize_t r = read(fd, c, n);
         if (r < 0 && errno == EINTR)
             continue;
+        if (r == 0)
+            errno = ECONNRESET; /* closed before the whole answer */
         if (r <= 0)
             return -1;
         c += r;
         n -= (size_t)r;
     }
     return 0;
+}
+
+/* The fallback after stdin was read: the bytes go back in as fd 0 (a memfd), then fallback(). */
+static void fallback_with(const char *in, size_t n)
+{
+    int fd = memfd_create("netlab-cni-stdin", 0);
+    if (fd < 0 || write_all(fd, in, n) < 0 || lseek(fd, 0, SEEK_SET) < 0 || dup2(fd, 0) < 0) {
+        fprintf(stderr, "netlab-%s: replaying stdin: %s\n", PLUGIN, strerror(errno));
+        _exit(1);
+    }
+    close(fd);
+    fallback();
 }
 
 /* The daemon went away mid-call: what it did is unknown, so the runtime is told to retry. */
@@ -170,7 +207,7 @@ int main(void)
     put_u32(&req, (uint32_t)in.n);
     if (in.n)
         put(&req, in.p, in.n);
-    if (write_all(s, req.p, req.n) < 0)
+    if (send_all(s, req.p, req.n) < 0)
         return gone("sending the call");
 
     /* Answer: i32 exit code, u32 stdout length, stdout. */
@@ -178,6 +215,8 @@ int main(void)
     uint32_t n;
     if (read_all(s, &code, sizeof code) < 0 || read_all(s, &n, sizeof n) < 0)
         return gone("no answer");
+    if (code == REFUSED)
+        fallback_with(in.p ? in.p : "", in.n);
     char *out = malloc(n ? n : 1);
     if (!out || read_all(s, out, n) < 0)
         return gone("answer cut short");

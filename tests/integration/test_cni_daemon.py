@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -158,3 +159,44 @@ def test_a_delegate_the_daemon_execs_gets_the_runtimes_environment(nss, shimdir,
         seen = dict(line.split("=", 1) for line in (tmp_path / "ipam.env").read_text().splitlines() if "=" in line)
         assert seen["RUNTIME_ONLY"] == "from-the-runtime" and seen["CNI_COMMAND"] == "ADD"
         assert run(rt, shimdir, rt.env("DEL", "c1", netns.path(pod), "eth0"), json.dumps(c).encode())[0] == 0
+
+
+def test_a_caller_the_daemon_does_not_serve_is_refused_and_runs_the_call_itself(nss, shimdir, tmp_path):
+    """The daemon serves root and its own user; any other caller gets REFUSED, never a silent
+    close (which the executable would have to report as code 11). The executable then runs
+    the call in its own process, with the stdin it had already read replayed."""
+    node, pod = nss.new("n"), nss.new("p")
+    with serving(node):
+        # Another user, speaking the executable's protocol: REFUSED.
+        probe = netns.run_in(node, [sys.executable, "-c", (
+            "import os, socket, struct, sys\n"
+            "from cni import daemon\n"
+            "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+            "s = socket.socket(socket.AF_UNIX); s.connect('\\0' + daemon.SOCKET_NAME)\n"
+            "s.sendall(daemon.encode_request('bridge', {'CNI_COMMAND': 'VERSION'}, b'{}'))\n"
+            "print(struct.unpack('=iI', s.recv(8)))\n")], capture_output=True, text=True,
+            cwd=str(daemon.__file__).rsplit("/cni/", 1)[0])
+        assert probe.stdout.strip() == f"({daemon.REFUSED}, 0)", probe.stderr
+    # A daemon that refuses after reading the whole call: the executable replays stdin to itself.
+    got = []
+
+    def refusing(sock: socket.socket) -> None:
+        conn, _ = sock.accept()
+        with conn:
+            got.append(daemon.read_request(conn))
+            conn.sendall(struct.pack("=iI", daemon.REFUSED, 0))
+
+    with netns.entered(node):
+        sock = daemon.listen()
+    t = threading.Thread(target=refusing, args=(sock,))
+    t.start()
+    try:
+        rt = Runtime(cni_path=[shimdir], host_netns=node)
+        stdin = json.dumps(conf(str(tmp_path))).encode()
+        code, out = run(rt, shimdir, rt.env("ADD", "c1", netns.path(pod), "eth0"), stdin)
+    finally:
+        t.join(10)
+        sock.close()
+    assert got and got[0][2] == stdin  # the daemon had the whole call
+    assert code == 0 and json.loads(out)["ips"][0]["address"] == "10.86.0.2/24", out  # and the process did it
+    assert run(rt, shimdir, rt.env("DEL", "c1", netns.path(pod), "eth0"), stdin) == (0, "")
