@@ -104,27 +104,13 @@ static void put(struct buf *b, const void *data, size_t n)
 
 static void put_u32(struct buf *b, uint32_t v) { put(b, &v, sizeof v); }
 
-static int write_all(int fd, const char *p, size_t n)
+/* All of p[0..n) out. To the daemon's socket with send(2) and MSG_NOSIGNAL (`sock`), so a
+ * daemon gone mid-call is an error (reported as code 11), not a SIGPIPE that kills this
+ * process without a word. */
+static int write_all(int fd, const char *p, size_t n, int sock)
 {
     while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-/* To the daemon's socket: send(2) with MSG_NOSIGNAL, so a daemon gone mid-call is an error
- * (reported as code 11), not a SIGPIPE that kills this process without a word. */
-static int send_all(int fd, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        ssize_t w = sock ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -157,7 +143,7 @@ static int read_all(int fd, void *p, size_t n)
 static void fallback_with(const char *in, size_t n)
 {
     int fd = memfd_create("netlab-cni-stdin", 0);
-    if (fd < 0 || write_all(fd, in, n) < 0 || lseek(fd, 0, SEEK_SET) < 0 || dup2(fd, 0) < 0) {
+    if (fd < 0 || write_all(fd, in, n, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0 || dup2(fd, 0) < 0) {
         fprintf(stderr, "netlab-%s: replaying stdin: %s\n", PLUGIN, strerror(errno));
         _exit(1);
     }
@@ -207,7 +193,7 @@ int main(void)
     put_u32(&req, (uint32_t)in.n);
     if (in.n)
         put(&req, in.p, in.n);
-    if (send_all(s, req.p, req.n) < 0)
+    if (write_all(s, req.p, req.n, 1) < 0)
         return gone("sending the call");
 
     /* Answer: i32 exit code, u32 stdout length, stdout. */
@@ -220,7 +206,7 @@ int main(void)
     char *out = malloc(n ? n : 1);
     if (!out || read_all(s, out, n) < 0)
         return gone("answer cut short");
-    if (write_all(1, out, n) < 0)
+    if (write_all(1, out, n, 0) < 0)
         return 1;
     return code;
 }

@@ -11,6 +11,7 @@ daemon goes away mid-call.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
@@ -35,6 +36,26 @@ def shimdir(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("cnishim")
     cli.install(str(d), shim=True)
     return str(d)
+
+
+@contextlib.contextmanager
+def fake_daemon(node: str, behave):
+    """A listener on the daemon's socket in `node` that answers one call with `behave(conn)`."""
+    with netns.entered(node):
+        sock = daemon.listen()
+
+    def once() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            behave(conn)
+
+    t = threading.Thread(target=once)
+    t.start()
+    try:
+        yield
+    finally:
+        t.join(10)
+        sock.close()
 
 
 def conf(data_dir: str) -> dict:
@@ -118,21 +139,12 @@ def test_a_daemon_gone_mid_call_is_try_again_later(nss, shimdir):
     node = nss.new("n")
     got = []
 
-    def half_daemon(sock: socket.socket) -> None:
-        conn, _ = sock.accept()
+    def half_daemon(conn: socket.socket) -> None:
         got.append(daemon.read_request(conn))  # the whole request, then gone without an answer
-        conn.close()
 
-    with netns.entered(node):
-        sock = daemon.listen()
-    t = threading.Thread(target=half_daemon, args=(sock,))
-    t.start()
-    try:
+    with fake_daemon(node, half_daemon):
         rt = Runtime(cni_path=[shimdir], host_netns=node)
         code, out = run(rt, shimdir, rt.env("VERSION"), b'{"cniVersion":"1.0.0"}')
-    finally:
-        t.join(10)
-        sock.close()
     assert code == 1 and json.loads(out)["code"] == 11, out
     plugin, env, stdin = got[0]
     assert (plugin, env["CNI_COMMAND"], stdin) == ("bridge", "VERSION", b'{"cniVersion":"1.0.0"}')
@@ -180,23 +192,14 @@ def test_a_caller_the_daemon_does_not_serve_is_refused_and_runs_the_call_itself(
     # A daemon that refuses after reading the whole call: the executable replays stdin to itself.
     got = []
 
-    def refusing(sock: socket.socket) -> None:
-        conn, _ = sock.accept()
-        with conn:
-            got.append(daemon.read_request(conn))
-            conn.sendall(struct.pack("=iI", daemon.REFUSED, 0))
+    def refusing(conn: socket.socket) -> None:
+        got.append(daemon.read_request(conn))
+        conn.sendall(struct.pack("=iI", daemon.REFUSED, 0))
 
-    with netns.entered(node):
-        sock = daemon.listen()
-    t = threading.Thread(target=refusing, args=(sock,))
-    t.start()
-    try:
-        rt = Runtime(cni_path=[shimdir], host_netns=node)
-        stdin = json.dumps(conf(str(tmp_path))).encode()
+    rt = Runtime(cni_path=[shimdir], host_netns=node)
+    stdin = json.dumps(conf(str(tmp_path))).encode()
+    with fake_daemon(node, refusing):
         code, out = run(rt, shimdir, rt.env("ADD", "c1", netns.path(pod), "eth0"), stdin)
-    finally:
-        t.join(10)
-        sock.close()
     assert got and got[0][2] == stdin  # the daemon had the whole call
     assert code == 0 and json.loads(out)["ips"][0]["address"] == "10.86.0.2/24", out  # and the process did it
     assert run(rt, shimdir, rt.env("DEL", "c1", netns.path(pod), "eth0"), stdin) == (0, "")
