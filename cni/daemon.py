@@ -32,6 +32,10 @@ MAGIC = b"NLCNI\x01"
 REFUSED = -1  # the answer's exit code for "not served here": the executable runs the call itself
 MAX_FIELD = 64 << 20  # no config, environment or result is this large; a longer one is not a call
 WORKERS = 8  # calls run at once (each thread keeps its own netlink sockets: cni.nscache)
+# How long a caller may take to send its call: the executable sends it at once, so a slow one
+# is not ours, and must not hold a worker. One the daemon does not serve gets a second.
+READ_TIMEOUT = 30.0
+UNSERVED_READ_TIMEOUT = 1.0
 
 _U32 = struct.Struct("=I")
 _ANSWER = struct.Struct("=iI")
@@ -85,11 +89,14 @@ def handle(conn: socket.socket) -> None:
     from cni.main import execute
 
     with conn:
+        served = _peer_uid(conn) in (0, os.geteuid())
+        conn.settimeout(READ_TIMEOUT if served else UNSERVED_READ_TIMEOUT)
         try:
             plugin, env, stdin = read_request(conn)
-        except (EOFError, ValueError, OSError):
-            return  # not a call from the executable, or cut short: nothing to answer
-        if _peer_uid(conn) not in (0, os.geteuid()) or registry.short(plugin) is None:
+        except (EOFError, ValueError, OSError):  # socket.timeout is an OSError
+            return  # not a call from the executable, cut short, or too slow: nothing to answer
+        conn.settimeout(None)
+        if not served or registry.short(plugin) is None:
             # Not a caller this daemon serves (a user the executable's own process would run
             # as, say in another user namespace), or a plugin it does not know: REFUSED, and
             # the executable runs the call itself, as without a daemon.

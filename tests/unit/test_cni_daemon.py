@@ -35,3 +35,20 @@ def test_c_string_literals_survive_the_compiler(tmp_path):
     src.write_text(f'#include <stdio.h>\nint main(void) {{ fputs({cli.c_string(text)}, stdout); return 0; }}\n')
     subprocess.run([cli.compiler(), "-o", str(tmp_path / "t"), str(src)], check=True)
     assert subprocess.run([str(tmp_path / "t")], capture_output=True).stdout == text.encode()
+
+
+def test_a_caller_that_sends_nothing_does_not_hold_a_worker(monkeypatch):
+    """A connection that never sends its call is dropped after the read timeout, so a few idle
+    connections from anyone in the namespace cannot take the daemon's workers."""
+    import threading
+    import time
+
+    monkeypatch.setattr(daemon, "READ_TIMEOUT", 0.2)
+    a, b = socket.socketpair()
+    with a, b:
+        t = threading.Thread(target=daemon.handle, args=(b,))
+        start = time.monotonic()
+        t.start()
+        t.join(5)
+        assert not t.is_alive() and time.monotonic() - start < 2
+        assert a.recv(16) == b""  # closed, unanswered
