@@ -16,11 +16,10 @@ ownerReferences, targetRef).
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Union
 
 from netlab.errors import SpecError
-from netlab.spec.source import Document, Path, path_text
+from netlab.spec.source import Document, Path, closest, path_text
 
 # A mapping's known fields; a one-element list is "a list of these".
 Schema = Union[dict[str, Any], list, None]
@@ -85,8 +84,8 @@ def unknown_fields(doc: Document, schema: Schema) -> list[SpecError]:
             if key in sch:
                 walk(sub, sch[key], path + (key,))
                 continue
-            close = difflib.get_close_matches(str(key), list(sch), n=1)
-            hint = f"did you mean {close[0]}?" if close else f"known fields here: {', '.join(sorted(sch))}"
+            near = closest(str(key), sch)
+            hint = f"did you mean {near}?" if near else f"known fields here: {', '.join(sorted(sch))}"
             errors.append(doc.error(path + (key,), f'unknown field "{path_text(path + (key,))}"', hint))
 
     walk(doc.data, schema, ())

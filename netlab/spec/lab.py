@@ -19,7 +19,7 @@ from cni.overlay.netconf import NetConf
 from cni.overlay.netconf import parse as parse_net_conf
 from netlab import names
 from netlab.errors import SpecError, SpecErrors
-from netlab.spec.source import Document, Path
+from netlab.spec.source import Document, Path, closest
 
 LAB_API_VERSION = "netlab/v1alpha1"
 PROXY_MODES = ("iptables", "ipvs", "nftables", "userspace")
@@ -178,7 +178,7 @@ class _Checker:
             return {}
         for k in value:
             if k not in allowed:
-                near = _closest(str(k), allowed)
+                near = closest(str(k), allowed)
                 hint = f"did you mean {near!r}?" if near else f"allowed: {', '.join(sorted(allowed))}"
                 self.fail(path + (str(k),), f"unknown field {k!r} in {what}", hint)
         return value
@@ -244,13 +244,6 @@ class _Checker:
                 continue
             out[key] = v
         return out
-
-
-def _closest(word: str, options: set[str]) -> str | None:
-    import difflib
-
-    m = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.6)
-    return m[0] if m else None
 
 
 # --- the Lab -------------------------------------------------------------------
@@ -467,7 +460,7 @@ def _store(c: _Checker, raw: Any) -> StoreSpec:
     m = c.mapping(p, raw, _STORE, "the store")
     kind = m.get("type", "embedded")
     if kind not in STORE_TYPES:
-        near = _closest(str(kind), set(STORE_TYPES))
+        near = closest(str(kind), set(STORE_TYPES))
         c.fail(p + ("type",), f"unknown store type {kind!r}",
                (f"did you mean {near!r}? " if near else "") + "use embedded (SQLite in the state dir) or etcd")
         kind = "embedded"
