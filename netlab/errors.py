@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+
+def closest(word: str, options: Iterable[str]) -> str | None:
+    """The option nearest to a misspelt `word`, for a SpecError's "did you mean" hint (None: nothing near)."""
+    import difflib
+
+    m = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.6)
+    return m[0] if m else None
 
 
 class NetlabError(Exception):

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-from netlab.errors import SpecError
-from netlab.spec.source import Document, Path, closest, path_text
+from netlab.errors import SpecError, closest
+from netlab.spec.source import Document, Path, path_text
 
 # A mapping's known fields; a one-element list is "a list of these".
 Schema = Union[dict[str, Any], list, None]

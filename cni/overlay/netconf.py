@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from netlab.errors import SpecError
+from netlab.errors import SpecError, closest
 
 BACKENDS = ("vxlan", "host-gw")
 DEFAULT_VNI = 1  # as flannel's vxlan.go defaultVNI
@@ -122,10 +122,8 @@ def _bool(where: str, field: str, value: Any) -> bool:
 
 
 def _unknown(where: str, prefix: str, key: str, allowed: set[str], what: str) -> SpecError:
-    import difflib
-
-    near = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
-    hint = f"did you mean {near[0]!r}?" if near else f"{what} takes {', '.join(sorted(allowed))}"
+    near = closest(key, allowed)
+    hint = f"did you mean {near!r}?" if near else f"{what} takes {', '.join(sorted(allowed))}"
     return _err(where, prefix + key, f"unknown key {key!r}", hint)
 
 

@@ -18,8 +18,8 @@ from typing import Any
 from cni.overlay.netconf import NetConf
 from cni.overlay.netconf import parse as parse_net_conf
 from netlab import names
-from netlab.errors import SpecError, SpecErrors
-from netlab.spec.source import Document, Path, closest
+from netlab.errors import SpecError, SpecErrors, closest
+from netlab.spec.source import Document, Path
 
 LAB_API_VERSION = "netlab/v1alpha1"
 PROXY_MODES = ("iptables", "ipvs", "nftables", "userspace")

@@ -32,14 +32,6 @@ from netlab.errors import SpecError
 Path = tuple[str | int, ...]
 
 
-def closest(word: str, options: Iterable[str]) -> str | None:
-    """The option nearest to a misspelt `word`, for a "did you mean" hint (None: nothing near)."""
-    import difflib
-
-    m = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.6)
-    return m[0] if m else None
-
-
 def path_text(path: Iterable[str | int]) -> str:
     """("spec", "ports", 0, "port") -> "spec.ports[0].port"."""
     out = ""
