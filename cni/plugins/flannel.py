@@ -110,8 +110,7 @@ def build_delegate(conf: dict, env: dict) -> dict:
     ipam.setdefault("type", "host-local")
     ipam["ranges"] = [[{"subnet": env[k]}] for k in ("subnet", "subnet6") if env.get(k)]
     routes = [_route(r) for r in _routes_of(ipam)]
-    routes += [{"dst": n} for n in env.get("networks") or ([env["network"]] if env.get("network") else [])]
-    routes += [{"dst": n} for n in env.get("networks6") or ([env["network6"]] if env.get("network6") else [])]
+    routes += [{"dst": n} for n in env.get("networks", []) + env.get("networks6", [])]  # subnet_env.parse's lists
     ipam["routes"] = routes
     if conf.get("dataDir") and "dataDir" not in ipam:
         ipam["dataDir"] = os.path.join(os.path.dirname(os.path.normpath(conf["dataDir"])), "networks")
