@@ -124,11 +124,9 @@ class Kernel:
     def observe(self, conf: NetConf, own_subnet: IPv4Network) -> State:
         names = _Names(self)
         device = None
-        if conf.backend.type == "vxlan":
-            link = self._link(conf.backend.device)
-        else:
-            # host-gw: a flannel.<VNI> left from an earlier vxlan run of this node is ours to remove.
-            link = self._link(f"flannel.{conf.backend.vni}") if conf.backend.type == "host-gw" else None
+        # flannel.<VNI>: vxlan's device; with host-gw, one left from an earlier vxlan run of this
+        # node, ours to remove.
+        link = self._link(conf.backend.device)
         addresses: set[Address] = set()
         neighbours: set[Neighbour] = set()
         fdb: set[FdbEntry] = set()
