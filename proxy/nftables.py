@@ -165,9 +165,9 @@ def service_rules(svc: ServicePort, eps: Iterable[Endpoint], node: NodeContext) 
     has_external = has_eps and (bool(local_eps) or not svc.external_policy_local)
     # kube-proxy: "The internalTrafficPolicy is "Local" but there are no local endpoints.
     # Traffic to the clusterIP will be dropped, but external traffic may still be accepted"
-    # (and the same for externalTrafficPolicy); no endpoints at all rejects.
-    internal_verdict = "drop" if has_eps else f"goto {REJECT_CHAIN}"
-    external_verdict = internal_verdict
+    # (and the same for externalTrafficPolicy); no endpoints at all rejects. One verdict for both
+    # traffic classes.
+    no_endpoint_verdict = "drop" if has_eps else f"goto {REJECT_CHAIN}"
 
     def ep_chain(ep: Endpoint) -> str:
         return f"endpoint-{endpoint_base(spn, ep)}"
@@ -212,7 +212,7 @@ def service_rules(svc: ServicePort, eps: Iterable[Endpoint], node: NodeContext) 
     if has_internal:
         out.element(SERVICE_IPS, key, f"goto {internal_chain}")
     else:
-        out.element(NO_ENDPOINT_SERVICES, key, internal_verdict)
+        out.element(NO_ENDPOINT_SERVICES, key, no_endpoint_verdict)
 
     if svc.external_traffic:
         if has_eps:
@@ -240,9 +240,9 @@ def service_rules(svc: ServicePort, eps: Iterable[Endpoint], node: NodeContext) 
             # No endpoint for external traffic: what the external chain did not short-circuit
             # meets the filter hooks' no-endpoint maps (drop; reject with no endpoint at all).
             for ip in (*svc.external_ips, *svc.load_balancer_ips):
-                out.element(NO_ENDPOINT_SERVICES, f"{ip} . {proto} . {svc.port}", external_verdict)
+                out.element(NO_ENDPOINT_SERVICES, f"{ip} . {proto} . {svc.port}", no_endpoint_verdict)
             if svc.node_port:
-                out.element(NO_ENDPOINT_NODEPORTS, f"{proto} . {svc.node_port}", external_verdict)
+                out.element(NO_ENDPOINT_NODEPORTS, f"{proto} . {svc.node_port}", no_endpoint_verdict)
     return out
 
 
