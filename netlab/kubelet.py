@@ -13,9 +13,10 @@ built-in servers live on one asyncio loop, which keeps a large lab within
 its memory budget. Runtime state (sandbox IDs, as containerd keeps them)
 lives under /run/netlab/<lab>/pods/, in one append-only journal.
 
-Sandboxes are made SANDBOX_WORKERS at a time on worker threads (the work is
-mostly syscalls, which release the GIL), and the statuses of started pods
-are written in batches, one store transaction each.
+Sandboxes are made and removed by worker processes that labd forks
+(netlab.sandbox_workers), two calls queued per worker, or on threads when
+the kubelet has no workers; the statuses of started pods are written in
+batches, one store transaction each.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netlab import daemons, names, netexec, netns
+from netlab.sandbox_workers import SandboxWorkers
 from netlab.store import NODES, PODS, Store
 
 log = logging.getLogger("netlab.kubelet")
@@ -45,9 +47,9 @@ BACKOFF_MAX = 10.0
 BACKOFF_RESET_AFTER = 10.0
 STOP_GRACE = 2.0
 ENV_POD = "NETLAB_POD"
-# Sandboxes made at once. Namespace, veth and netlink work is mostly in the
-# kernel, where the GIL is released: a few threads keep both cores busy.
-SANDBOX_WORKERS = int(os.environ.get("NETLAB_SANDBOX_WORKERS", "3"))
+# Sandbox workers: one process per core keeps every core busy (their work is mostly
+# in the kernel; a worker waiting on a lock there leaves its core to the others).
+SANDBOX_WORKERS = int(os.environ.get("NETLAB_SANDBOX_WORKERS", "0")) or max(2, os.cpu_count() or 1)
 # While pods start, their statuses are written in batches this often (each batch
 # is one store transaction, and one wake-up for every watcher of Pods).
 REPORT_EVERY = 0.5
@@ -242,14 +244,15 @@ def phase(sb: Sandbox) -> str:
 
 
 class Kubelet:
-    def __init__(self, lab: str, store: Store) -> None:
+    def __init__(self, lab: str, store: Store, workers: SandboxWorkers | None = None) -> None:
         self.lab = lab
         self.store = store
         raise_nofile()
         self.sandboxes: dict[str, Sandbox] = {}
         self.retry_at: dict[str, float] = {}
-        # Namespace, netlink and CNI work is synchronous: it runs on worker threads,
-        # SANDBOX_WORKERS pods at a time.
+        # Namespace, netlink and CNI work is synchronous: it runs in the worker processes
+        # (or on threads without them), SANDBOX_WORKERS pods at a time, as many more queued.
+        self.workers = workers
         self.worker = concurrent.futures.ThreadPoolExecutor(SANDBOX_WORKERS, thread_name_prefix="sandbox")
         self._slots = asyncio.Semaphore(2 * SANDBOX_WORKERS)
         self._changed: set[str] = set()  # sandboxes whose status may have changed
@@ -266,6 +269,12 @@ class Kubelet:
 
     async def _in_worker(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    async def _in_sandbox_worker(self, fn, *args):
+        """fn(*args) in a sandbox worker process: fn is a module-level function (it travels by name)."""
+        if self.workers is None:
+            return await self._in_worker(fn, *args)
+        return await self.workers.call(fn, *args)
 
     async def run(self) -> None:
         """Sync, wait for a change, sync again, until stopped.
@@ -400,7 +409,9 @@ class Kubelet:
         sb = Sandbox(ns, name, node, names.pod_netns(self.lab, node, ns, name), sandbox_id(ns, name, uid),
                      uid=meta.get("uid"), restart_policy=spec.get("restartPolicy", "Always"))
         self.sandboxes[sb.key] = sb
-        result = await self._in_worker(self._make_sandbox, sb)
+        # The record first, so a restarted kubelet finds whatever exists of this sandbox.
+        self.journal.added(sb)
+        result = await self._in_sandbox_worker(make_sandbox, self.lab, sb.node, sb.namespace, sb.name, sb.id, sb.netns)
         sb.ip = result["ips"][0]["address"].split("/")[0]
         containers = spec.get("containers", [])
         commanded = [c for c in containers if c.get("command")]
@@ -418,23 +429,6 @@ class Kubelet:
             ct = Container(c["name"], list(c["command"]) + list(c.get("args", [])), env)
             sb.containers.append(ct)
             sb.tasks.append(asyncio.ensure_future(self._supervise(sb, ct)))
-
-    def _make_sandbox(self, sb: Sandbox) -> dict:
-        """As the runtime: the sandbox namespace with lo up, then CNI ADD of the node's network."""
-        from cni import api as cni_api
-
-        # The record first, so a restarted kubelet finds whatever exists of this sandbox.
-        self.journal.added(sb)
-        netns.create(sb.netns, lo_up=True)
-        return cni_api.add(
-            node_cni_conf(self.lab, sb.node),
-            container_id=sb.id,
-            netns=netns.path(sb.netns),
-            ifname=names.POD_IFNAME,
-            # As containerd: IgnoreUnknown=1 lets plugins skip the K8S_* args they do not use.
-            args=f"IgnoreUnknown=1;K8S_POD_NAMESPACE={sb.namespace};K8S_POD_NAME={sb.name};K8S_POD_INFRA_CONTAINER_ID={sb.id}",
-            host_netns=names.node_netns(self.lab, sb.node),
-        )
 
     async def _supervise(self, sb: Sandbox, ct: Container) -> None:
         """Run one container, restarting it per the pod's restartPolicy with back-off."""
@@ -495,7 +489,7 @@ class Kubelet:
 
     async def kill_pod(self, sb: Sandbox) -> None:
         await self._stop_containers(sb)
-        await self._in_worker(self._teardown, sb.node, sb.id, sb.netns)
+        await self._in_sandbox_worker(remove_sandbox, self.lab, sb.node, sb.id, sb.netns)
         self.journal.removed(sb.id)
 
     def _reap_orphans(self) -> None:
@@ -510,7 +504,7 @@ class Kubelet:
         daemons.terminate(orphans)
         for st in self.journal.read():
             try:
-                self._teardown(st["node"], st["id"], st["netns"])
+                remove_sandbox(self.lab, st["node"], st["id"], st["netns"])
             except (OSError, KeyError):
                 log.exception("cannot remove sandbox %s", st.get("key"))
         self.journal.reset()
@@ -522,23 +516,10 @@ class Kubelet:
             try:
                 with open(path) as f:
                     st = json.load(f)
-                self._teardown(st["node"], st["id"], st["netns"])
+                remove_sandbox(self.lab, st["node"], st["id"], st["netns"])
             except (OSError, ValueError, KeyError):
                 log.exception("cannot read sandbox state %s", path)
             os.unlink(path)
-
-    def _teardown(self, node: str, sandbox: str, netns_name: str) -> None:
-        """CNI DEL and namespace removal; both succeed on what is already gone."""
-        from cni import api as cni_api
-
-        try:
-            cni_api.delete(node_cni_conf(self.lab, node), container_id=sandbox, netns=netns.path(netns_name),
-                           ifname=names.POD_IFNAME, host_netns=names.node_netns(self.lab, node))
-        except Exception:
-            log.exception("CNI DEL of sandbox %s failed; removing its namespace anyway", sandbox[:12])
-        # A cached netlink socket would keep the deleted namespace alive in the kernel.
-        cni_api.forget(netns.path(netns_name))
-        netns.remove(netns_name)
 
     # -- status -----------------------------------------------------------------
 
@@ -601,6 +582,36 @@ class Kubelet:
         for sb in list(self.sandboxes.values()):
             await self._stop_containers(sb)
         self.journal.close()
+
+
+def make_sandbox(lab: str, node: str, namespace: str, name: str, sandbox: str, netns_name: str) -> dict:
+    """As the runtime: the sandbox namespace with lo up, then CNI ADD of the node's network."""
+    from cni import api as cni_api
+
+    netns.create(netns_name, lo_up=True)
+    return cni_api.add(
+        node_cni_conf(lab, node),
+        container_id=sandbox,
+        netns=netns.path(netns_name),
+        ifname=names.POD_IFNAME,
+        # As containerd: IgnoreUnknown=1 lets plugins skip the K8S_* args they do not use.
+        args=f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={sandbox}",
+        host_netns=names.node_netns(lab, node),
+    )
+
+
+def remove_sandbox(lab: str, node: str, sandbox: str, netns_name: str) -> None:
+    """CNI DEL and namespace removal; both succeed on what is already gone."""
+    from cni import api as cni_api
+
+    try:
+        cni_api.delete(node_cni_conf(lab, node), container_id=sandbox, netns=netns.path(netns_name),
+                       ifname=names.POD_IFNAME, host_netns=names.node_netns(lab, node))
+    except Exception:
+        log.exception("CNI DEL of sandbox %s failed; removing its namespace anyway", sandbox[:12])
+    # A cached netlink socket would keep the deleted namespace alive in the kernel.
+    cni_api.forget(netns.path(netns_name))
+    netns.remove(netns_name)
 
 
 def _with_status(status: dict, uid: str | None):

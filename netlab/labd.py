@@ -18,7 +18,8 @@ from typing import Any
 
 from netlab import names
 from netlab.errors import NetlabError
-from netlab.kubelet import Kubelet
+from netlab.kubelet import SANDBOX_WORKERS, Kubelet, load_cni_plugins
+from netlab.sandbox_workers import SandboxWorkers
 from netlab.store import Event, open_store
 
 log = logging.getLogger("netlab.labd")
@@ -85,11 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     url = args.store or f"sqlite://{names.store_path(args.lab)}"
+    # The sandbox workers are forked first, while this process has one thread, with the plugins imported.
+    load_cni_plugins()
+    workers = SandboxWorkers.fork(SANDBOX_WORKERS)
     stop = threading.Event()
     _controllers(url, args.lab, stop)
 
     async def run() -> None:
-        kubelet = Kubelet(args.lab, PatientWatch(open_store(url)))
+        kubelet = Kubelet(args.lab, PatientWatch(open_store(url)), workers)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, kubelet.stop_event.set)
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(run())
     finally:
         stop.set()
+        workers.close()
 
 
 if __name__ == "__main__":
