@@ -6,7 +6,8 @@ netlab: `up` of NODES x PODS pods with built-in servers, then `down`, RUNS
 times; reports pods/s, where the build's time went (spec, fabric and the
 node daemons; the kubelet's pods; the wait for every node's overlay),
 teardown time and the memory (PSS) of all the lab's processes (right after
-`up`, and again 8 s later, once every flanneld has resynced), and how the
+`up`, and again 8 s later, once every flanneld has resynced) and of its
+state dir (in memory: /run's tmpfs or the lab's own, see netlab.statedir), and how the
 machine's CPU went during the build: `up`, the lab's processes by role
 (labd: kubelet and controllers; agents: flanneld, kube-proxy and their
 zygote), and everything else (other users' work, kernel threads, which
@@ -37,7 +38,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from netlab import daemons, lab, netns  # noqa: E402
+from netlab import daemons, lab, names, netns, statedir  # noqa: E402
 
 
 # Seconds after `up` returned when the lab's memory is measured again.
@@ -55,6 +56,18 @@ def pss_mib(pids: list[int]) -> float:
         except OSError:
             pass
     return total / 1024
+
+
+def dir_mib(path: str) -> float:
+    """Space the files under `path` take (as du): the lab's state dir, which is memory when it is a tmpfs."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for fn in files:
+            try:
+                total += os.lstat(os.path.join(root, fn)).st_blocks * 512
+            except OSError:
+                pass
+    return total / (1 << 20)
 
 
 def load() -> str:
@@ -130,6 +143,7 @@ def bench_netlab(nodes: int, pods: int, prefix: str) -> dict:
         # grew every flanneld by ~10 MiB; observe now asks for flannel.1's objects only).
         time.sleep(max(0.0, PSS_AGAIN_AFTER - (time.perf_counter() - t0 - up_s)))
         mem_later = pss_mib(daemons.lab_processes(name) + [os.getpid()])
+        state_mib, state_in_memory = dir_mib(names.lab_dir(name)), statedir.in_memory(names.lab_dir(name))
         t1 = time.perf_counter()
         lab.down(name)
         down_s = time.perf_counter() - t1
@@ -139,6 +153,7 @@ def bench_netlab(nodes: int, pods: int, prefix: str) -> dict:
     start, end = marks.get("pods_from", t0 + up_s) - t0, marks.get("pods_to", t0 + up_s) - t0
     cpu_up = (cpu1[0] + cpu1[1]) - (cpu0[0] + cpu0[1])
     return {"pods": res.pods, "up_s": up_s, "down_s": down_s, "pss_mib": mem, "pss_later_mib": mem_later,
+            "state_mib": state_mib, "state_in_memory": state_in_memory,
             "before_pods_s": start,
             "pods_s": end - start, "after_pods_s": up_s - end, "half_pods_s": marks.get("half_pods", t0 + up_s) - t0,
             "cpu_up_s": cpu_up, "cpu_lab_s": cpu_lab, "cpu_by": cpu_by,
@@ -209,7 +224,8 @@ def main() -> None:
               + ", ".join(f"{k} {v:.1f}" for k, v in sorted(nl["cpu_by"].items())) + "), "
               f"the rest of the machine {nl['cpu_others_s']:.1f} s of {nl['cpu_machine_s']:.1f} s busy; "
               f"PSS of all lab processes {nl['pss_mib']:.0f} MiB, {PSS_AGAIN_AFTER:.0f} s later "
-              f"{nl['pss_later_mib']:.0f} MiB; settled {waited:.1f} s",
+              f"{nl['pss_later_mib']:.0f} MiB; state dir {nl['state_mib']:.1f} MiB "
+              f"({'in memory' if nl['state_in_memory'] else 'on disk'}); settled {waited:.1f} s",
               flush=True)
     if not args.skip_mininet:
         waited = settle()

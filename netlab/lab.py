@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from netlab import daemons, fabric, names, netns
+from netlab import daemons, fabric, names, netns, statedir
 from netlab.errors import LabBusy, NetlabError, NeedsRoot, SpecError, SpecErrors
 from netlab.plan import LabFull, LabPlan, NodePlan, plan_lab
 from netlab.spec.lab import ETCD_CLIENT_PORT, LabSpec, NodeSpec
@@ -74,8 +74,13 @@ def resolve_lab(name: str | None) -> str:
 
 
 @contextlib.contextmanager
-def lab_lock(lab: str) -> Iterator[None]:
-    """The lab's lock: a concurrent `up`/`down` of the same lab is refused, not queued."""
+def lab_lock(lab: str, create: bool = False) -> Iterator[None]:
+    """The lab's lock: a concurrent `up`/`down` of the same lab is refused, not queued.
+
+    `create` (up): the lab's dir is made first, in memory (netlab.statedir).
+    """
+    if create:
+        statedir.make(lab)
     os.makedirs(names.lab_dir(lab), exist_ok=True)
     fd = os.open(os.path.join(names.lab_dir(lab), "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -518,7 +523,7 @@ def up(paths: list[str], progress: Progress | None = None, timeout: float = 300.
     # The store can hold the lab (etcd installed; a user's etcd reachable and not another cluster's):
     # checked before the lab's lock, whose file would be the first thing made.
     keep_config = check_store(topo.lab, read_lab(lab))
-    with lab_lock(lab):
+    with lab_lock(lab, create=True):
         record = read_lab(lab)
         spec = topo.lab.to_dict()
         created = record is None
@@ -947,8 +952,7 @@ def _teardown(lab: str) -> tuple[list[str], str | None]:
         netns.remove(n)
     if spaces:
         removed.append(f"{len(spaces)} namespace(s)")
-    if os.path.isdir(names.lab_dir(lab)):
-        shutil.rmtree(names.lab_dir(lab), ignore_errors=True)
+    if statedir.remove(lab):
         removed.append(f"state dir {names.lab_dir(lab)}")
     return removed, kept
 

@@ -8,7 +8,7 @@ import subprocess
 import time
 import uuid
 
-from netlab import names, netns
+from netlab import names, netns, statedir
 
 
 def _run(argv: list[str]) -> str:
@@ -54,6 +54,8 @@ def unique(prefix: str) -> str:
 def lab_leaks(lab: str) -> list[str]:
     """Everything of `lab` that is still on the machine: namespaces, processes, files."""
     leaks = [f"netns {n}" for n in netns.list_names() if names.lab_of_netns(n) == lab]
+    if statedir.our_mount(lab):
+        leaks.append(f"tmpfs on {names.lab_dir(lab)}")
     if os.path.exists(names.lab_dir(lab)):
         leaks.append(f"state dir {names.lab_dir(lab)}")
     marker = f"NETLAB_LAB={lab}".encode()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from netlab import daemons, lab, names, netns
+from netlab import daemons, lab, names, netns, statedir
 from netlab.check import http_get, udp_ask
 from tests.helpers import lab_leaks, wait_until
 from tests.integration.conftest import pod
@@ -186,6 +186,8 @@ def test_two_labs_side_by_side(labs):
     one, two = labs.name(), labs.name()
     labs.up(labs.lab_yaml(one, "nodes: 1", pod("a") + pod("b")))
     labs.up(labs.lab_yaml(two, "nodes: 1", pod("a") + pod("b")))
+    # Each lab's state in memory (/run's tmpfs, or the lab's own where /run is on disk).
+    assert all(statedir.in_memory(names.lab_dir(n)) for n in (one, two))
     lab.down(one)
     assert lab_leaks(one) == []
     st = pods_by_name(lab.status(two))
