@@ -16,10 +16,10 @@ import ipaddress
 import logging
 import signal
 import sys
-import threading
 
 from netlab import store as st
 from netlab.errors import NetlabError
+from netlab.stopflag import StopFlag
 from proxy.backend import Backend
 from proxy.iptables import Options
 from proxy.iptables_apply import IptablesBackend, Runner
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             if not ok:
                 print(loop.last_error, file=sys.stderr)
             return 0 if ok else 1
-        stop = threading.Event()
+        stop = StopFlag()  # not a threading.Event: its set() can hang in a signal handler (netlab.stopflag)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         serve(loop, args.healthz_bind_address, True, args.netns)

@@ -29,6 +29,7 @@ from typing import Any
 
 from netlab import store as st
 from netlab.errors import SpecError
+from netlab.stopflag import StopFlag
 from proxy import conntrack
 from proxy.backend import Backend, SyncResult
 from proxy.metrics import Metrics
@@ -313,7 +314,7 @@ class ProxyLoop:
             return self.sync_once(force_full=full_due)
         return None
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event | StopFlag) -> None:
         while not stop.is_set():
             try:
                 self.step()

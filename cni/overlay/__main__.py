@@ -43,10 +43,10 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 
 from netlab import netns
 from netlab.errors import SpecError
+from netlab.stopflag import StopFlag
 from netlab.store import open_store
 
 from .agent import Agent, AgentOptions, configure_logging
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
-    stop = threading.Event()
+    stop = StopFlag()  # not a threading.Event: its set() can hang in a signal handler (netlab.stopflag)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     opts = AgentOptions(

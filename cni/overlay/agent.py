@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
 
+from netlab.stopflag import StopFlag
 from netlab.store import FLANNEL_CONFIG, FLANNEL_SUBNETS, Compacted, Store
 
 from . import lease as leases
@@ -84,7 +85,7 @@ class Agent:
 
     # -- start-up ----------------------------------------------------------------
 
-    def wait_config(self, stop: threading.Event) -> netconf.NetConf | None:
+    def wait_config(self, stop: threading.Event | StopFlag) -> netconf.NetConf | None:
         """The network config from the store, waiting for it as flanneld does."""
         warned = False
         while not stop.is_set():
@@ -170,7 +171,7 @@ class Agent:
                 f"{c} {'ensured' if r else 'removed'}" for c, r in want.items()))
         return text
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event | StopFlag) -> None:
         """Start up, then watch and converge until `stop` is set."""
         self.conf = self.wait_config(stop)
         if self.conf is None:
