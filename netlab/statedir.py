@@ -21,11 +21,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import logging
 import os
 import shutil
 from typing import Iterator
 
 from netlab import names
+
+log = logging.getLogger("netlab.statedir")
 
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
@@ -88,7 +91,8 @@ def _run_dir_locked() -> Iterator[None]:
 def make(lab: str) -> bool:
     """The lab's dir, made in memory: a tmpfs of the lab's own unless the run dir already is in memory.
 
-    True if this call mounted one. Called by `up` before it writes anything there.
+    True if this call mounted one. Called by `up` before it writes anything there. Where
+    mounting is not allowed, the dir stays on disk (with a warning): slower, never wrong.
     """
     d = names.lab_dir(lab)
     with _run_dir_locked():
@@ -97,10 +101,18 @@ def make(lab: str) -> bool:
             return False
         if os.listdir(d):  # a dir of an older netlab on disk: never hide files under a mount
             return False
-        if _libc.mount(source(lab).encode(), d.encode(), b"tmpfs", MOUNT_FLAGS, MOUNT_DATA) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"mount tmpfs on {d}: {os.strerror(err)}")
+        try:
+            _mount_tmpfs(lab, d)
+        except OSError as e:  # a container that may not mount: the state stays on disk, as before
+            log.warning("the lab's state stays on disk: %s", e)
+            return False
         return True
+
+
+def _mount_tmpfs(lab: str, d: str) -> None:
+    if _libc.mount(source(lab).encode(), d.encode(), b"tmpfs", MOUNT_FLAGS, MOUNT_DATA) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount tmpfs on {d}: {os.strerror(err)}")
 
 
 def remove(lab: str) -> bool:

@@ -77,3 +77,20 @@ def test_a_tmpfs_someone_else_mounted_there_is_not_ours(run_dir):
         assert statedir.in_memory(names.lab_dir(lab)) and not statedir.our_mount(lab)
     finally:
         _libc.umount2(names.lab_dir(lab).encode(), 2)
+
+
+def test_where_mounting_is_refused_the_state_stays_on_disk_with_a_warning(run_dir, monkeypatch, caplog):
+    d, made = run_dir
+    os.makedirs(d)
+    if statedir.in_memory(str(d)):
+        pytest.skip(f"{d} is already in memory on this machine: nothing would be mounted")
+    lab = unique("nlsd")
+
+    def refused(_lab, path):
+        raise PermissionError(1, f"mount tmpfs on {path}: Operation not permitted")
+
+    monkeypatch.setattr(statedir, "_mount_tmpfs", refused)
+    assert statedir.make(lab) is False
+    assert os.path.isdir(names.lab_dir(lab)) and not statedir.in_memory(names.lab_dir(lab))
+    assert "state stays on disk" in caplog.text and "Operation not permitted" in caplog.text
+    assert statedir.remove(lab) is True and not os.path.exists(names.lab_dir(lab))
