@@ -112,6 +112,35 @@ def test_second_up_changes_nothing_and_says_so(labs):
     assert daemons.recorded_pid(name, lab.LABD) == pid
 
 
+def test_a_second_up_repairs_what_was_changed_under_it(labs):
+    """Upsert (principle 2): what is wrong in the fabric is put right and said, the rest is kept."""
+    name = labs.name()
+    path = labs.lab_yaml(name, "nodes: 2", pod("a"))
+    labs.up(path)
+    node1, lab_ns = names.node_netns(name, "node1"), names.lab_netns(name)
+
+    def ip(ns: str, *args: str) -> str:
+        return netns.run_in(ns, ["ip", *args], capture_output=True, text=True, check=True).stdout
+
+    ip(node1, "route", "del", "default")
+    ip(node1, "addr", "flush", "dev", "eth0")
+    ip(node1, "addr", "add", "192.168.56.77/24", "dev", "eth0")
+    ip(node1, "link", "set", "eth0", "down")
+    ip(lab_ns, "link", "set", "underlay", "mtu", "1400")
+    ip(lab_ns, "link", "set", "node2", "nomaster")  # node2's underlay port
+    res = lab.up([path])
+    assert not res.created
+    for change in ("bridge underlay mtu", "node1: eth0 up", "node1: eth0: 192.168.56.11/24",
+                   "node1: default via 192.168.56.1", "node2: node2 on underlay"):
+        assert change in res.changes, res.changes
+    assert "192.168.56.77" not in ip(node1, "-4", "addr", "show", "dev", "eth0")
+    assert ip(node1, "route", "show", "default").startswith("default via 192.168.56.1 dev eth0")
+    assert "master underlay" in ip(lab_ns, "link", "show", "node2") and " mtu 1500 " in ip(lab_ns, "link", "show", "underlay")
+    assert lab.up([path]).changes == []  # and now nothing is left to repair
+    st = pods_by_name(lab.status(name))
+    assert http_get(names.node_netns(name, "node2"), st["a"]["ip"], "/hostname") == "a"  # node2 -> node1 over the underlay
+
+
 def test_node_agents_are_forks_of_one_zygote_that_look_started_alone(labs):
     name = labs.name()
     path = labs.lab_yaml(name, "nodes: 2", pod("a"))
