@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from cni.netlink import RT_TABLE_MAIN
 from netlab import daemons, fabric, names, netns, statedir
 from netlab.errors import LabBusy, NetlabError, NeedsRoot, SpecError, SpecErrors
 from netlab.plan import LabFull, LabPlan, NodePlan, plan_lab
@@ -843,9 +844,11 @@ def routed_subnets(ns: str) -> set[str]:
     overlay's state (links, neighbours, FDB: a node with a hundred pods has
     a hundred veths to parse).
     """
-    with netns.iproute(ns) as ipr:
-        return {f"{r.get_attr('RTA_DST')}/{r['dst_len']}" for r in ipr.get_routes(family=socket.AF_INET, table=254)
-                if r["type"] == 1 and r.get_attr("RTA_DST")}
+    with fabric.netlink_in(ns) as nl:
+        # Unicast routes lead somewhere (a gateway or a device); unreachable, blackhole and
+        # prohibit routes have neither.
+        return {r.dst for r in nl.routes(socket.AF_INET)
+                if r.table == RT_TABLE_MAIN and not r.dst.endswith("/0") and (r.gw or r.oif)}
 
 
 def node_remove(lab_name: str | None, name: str, force: bool = False) -> NodeResult:
@@ -932,13 +935,12 @@ def _teardown(lab: str) -> tuple[list[str], str | None]:
     # The daemons first, netlab's own etcd last (by its recorded PID), so nothing writes to a store
     # that is going away, and no flanneld renews a lease `down` releases.
     etcd_pid = daemons.recorded_pid(lab, ETCD)
-    pids = [p for p in daemons.lab_processes(lab) if p != etcd_pid]
-    daemons.terminate(pids)
+    ended = _end_lab_processes(lab, keep=etcd_pid)
     if etcd_pid is not None:
         daemons.stop(lab, ETCD)
         removed.append(f"etcd (pid {etcd_pid}) and its data")
-    if pids:
-        removed.append(f"{len(pids)} process(es)")
+    if ended:
+        removed.append(f"{ended} process(es)")
     kept = None
     if store.get("type") == "etcd" and not store.get("managed") and record is not None:
         try:
@@ -955,6 +957,24 @@ def _teardown(lab: str) -> tuple[list[str], str | None]:
     if statedir.remove(lab):
         removed.append(f"state dir {names.lab_dir(lab)}")
     return removed, kept
+
+
+def _end_lab_processes(lab: str, keep: int | None = None, rounds: int = 5) -> int:
+    """End every process of `lab` but `keep`; the number ended.
+
+    Listed again after each round: a lab process may start another while
+    the first list is ended (the zygote forking the agents an interrupted
+    `up` asked it for, labd forking its sandbox workers), and a process
+    started after the list was read would outlive `down`.
+    """
+    ended: set[int] = set()
+    for _ in range(rounds):
+        pids = [p for p in daemons.lab_processes(lab) if p != keep]
+        if not pids:
+            break
+        daemons.terminate(pids)
+        ended.update(pids)
+    return len(ended)
 
 
 # The Kubernetes objects netlab keeps in the store; on a user's etcd they are the lab's (`up` refuses

@@ -54,3 +54,16 @@ def test_a_pid_that_is_gone_is_no_error():
     p.kill()
     p.wait()
     daemons.terminate([p.pid], grace=0.1)  # nothing to signal, nothing raised
+
+
+def test_down_lists_the_labs_processes_again_until_none_is_left(monkeypatch):
+    """A process a lab process started while the first list was being ended (the zygote forking the
+    agents of an interrupted `up`) is found by the next list and ended too."""
+    from netlab import daemons, lab
+
+    lists = [[11, 12, 99], [13, 99], [99]]  # 13: forked by 12 meanwhile; 99: the etcd, kept for last
+    ended = []
+    monkeypatch.setattr(daemons, "lab_processes", lambda _lab: lists.pop(0) if lists else [99])
+    monkeypatch.setattr(daemons, "terminate", lambda pids: ended.append(sorted(pids)))
+    assert lab._end_lab_processes("nlunit", keep=99) == 3
+    assert ended == [[11, 12], [13]]
