@@ -51,7 +51,7 @@ def netlink_in(ns: str) -> Iterator[RtNetlink]:
 
     The fabric speaks netlink through cni.netlink's small codec, as the CNI
     plugins do, not pyroute2: `up` spent ~0.5 s of CPU in pyroute2 before the
-    first pod could start (its import, and ~1 ms per request through its
+    first pod could start (its import, and 0.5-1 ms per request through its
     asyncio core, some 160 requests for ten nodes), on the path every pod waits on.
     """
     with netns.entered(ns):
