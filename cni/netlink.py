@@ -57,7 +57,7 @@ AF_BRIDGE = 7
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 RT_TABLE_MAIN = 254
-RTPROT_BOOT = 3
+RTPROT_BOOT, RTPROT_STATIC = 3, 4
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST = 0, 253, 254
 RTN_UNICAST = 1
 
@@ -529,15 +529,16 @@ class RtNetlink:
         self.request(*self.add_route_msg(dst, gw=gw, oif=oif, scope=scope))
 
     @staticmethod
-    def add_route_msg(dst: str, *, gw: str | None = None, oif: int = 0, scope: int | None = None) -> tuple[int, bytes, int]:
-        """The add_route request as (type, body, flags), for request_many."""
+    def add_route_msg(dst: str, *, gw: str | None = None, oif: int = 0, scope: int | None = None,
+                      protocol: int = RTPROT_BOOT) -> tuple[int, bytes, int]:
+        """The add_route request as (type, body, flags), for request_many; `protocol` RTPROT_BOOT as `ip route add`."""
         import ipaddress
 
         net = ipaddress.ip_network(dst, strict=False)
         fam = AF_INET if net.version == 4 else AF_INET6
         if scope is None:
             scope = RT_SCOPE_UNIVERSE if gw else RT_SCOPE_LINK
-        body = _RTMSG.pack(fam, net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0)
+        body = _RTMSG.pack(fam, net.prefixlen, 0, 0, RT_TABLE_MAIN, protocol, scope, RTN_UNICAST, 0)
         if net.prefixlen:
             body += attr(RTA_DST, net.network_address.packed)
         if gw:

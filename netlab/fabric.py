@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from cni.netlink import NLM_F_CREATE, NLM_F_REPLACE, RT_TABLE_MAIN, RtNetlink
+from cni.netlink import NLM_F_CREATE, NLM_F_REPLACE, RT_TABLE_MAIN, RTPROT_STATIC, RtNetlink
 from netlab import names, netns
 from netlab.plan import ClientPlan, LabPlan, NodePlan
 
@@ -146,7 +146,8 @@ def _ensure_default_route(ns: str, gateway: str, changes: Changes, what: str) ->
         current = [r.gw for r in nl.routes(socket.AF_INET) if r.table == RT_TABLE_MAIN and r.dst == "0.0.0.0/0"]
         if current != [gateway]:
             eth0 = nl.get_link(names.NODE_UPLINK).index
-            kind, body, _flags = RtNetlink.add_route_msg("0.0.0.0/0", gw=gateway, oif=eth0)
+            # proto static: a node's configured default route (and what `ip route` showed before).
+            kind, body, _flags = RtNetlink.add_route_msg("0.0.0.0/0", gw=gateway, oif=eth0, protocol=RTPROT_STATIC)
             nl.request(kind, body, NLM_F_CREATE | NLM_F_REPLACE)  # as `ip route replace`
             changes.add(f"{what}: default via {gateway}")
 

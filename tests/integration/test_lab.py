@@ -134,7 +134,7 @@ def test_a_second_up_repairs_what_was_changed_under_it(labs):
                    "node1: default via 192.168.56.1", "node2: node2 on underlay"):
         assert change in res.changes, res.changes
     assert "192.168.56.77" not in ip(node1, "-4", "addr", "show", "dev", "eth0")
-    assert ip(node1, "route", "show", "default").startswith("default via 192.168.56.1 dev eth0")
+    assert ip(node1, "route", "show", "default").startswith("default via 192.168.56.1 dev eth0 proto static")
     assert "master underlay" in ip(lab_ns, "link", "show", "node2") and " mtu 1500 " in ip(lab_ns, "link", "show", "underlay")
     assert lab.up([path]).changes == []  # and now nothing is left to repair
     st = pods_by_name(lab.status(name))
