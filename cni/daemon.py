@@ -41,27 +41,28 @@ _U32 = struct.Struct("=I")
 _ANSWER = struct.Struct("=iI")
 
 
-def _read_exact(conn: socket.socket, n: int) -> bytes:
+def read_exact(conn: socket.socket, n: int) -> bytes:
+    """`n` bytes from a stream socket; EOFError if the peer closes it first (netlab.sandbox_workers reads with it too)."""
     chunks, got = [], 0
     while got < n:
         c = conn.recv(min(n - got, 1 << 20))
         if not c:
-            raise EOFError("the caller closed the connection mid-request")
+            raise EOFError(f"the peer closed the connection after {got} of {n} bytes")
         chunks.append(c)
         got += len(c)
     return b"".join(chunks)
 
 
 def _field(conn: socket.socket) -> bytes:
-    (n,) = _U32.unpack(_read_exact(conn, 4))
+    (n,) = _U32.unpack(read_exact(conn, 4))
     if n > MAX_FIELD:
         raise ValueError(f"field of {n} bytes")
-    return _read_exact(conn, n)
+    return read_exact(conn, n)
 
 
 def read_request(conn: socket.socket) -> tuple[str, dict[str, str], bytes]:
     """(plugin, environment, stdin) of one call, as cni/shim.c sends it."""
-    if _read_exact(conn, len(MAGIC)) != MAGIC:
+    if read_exact(conn, len(MAGIC)) != MAGIC:
         raise ValueError("not a netlab CNI call")
     plugin = _field(conn).decode()
     env: dict[str, str] = {}

@@ -45,6 +45,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from cni.daemon import read_exact
+
 log = logging.getLogger("netlab.sandbox_workers")
 
 _LEN = struct.Struct("!I")
@@ -64,16 +66,6 @@ class WorkerError(Exception):
 # -- the worker's side ----------------------------------------------------------------
 
 
-def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
 def _answer(fn: Callable, args: tuple) -> bytes:
     try:
         reply: tuple = (True, fn(*args))
@@ -88,11 +80,9 @@ def _answer(fn: Callable, args: tuple) -> bytes:
 def serve(sock: socket.socket) -> None:
     """The worker's loop: one call after the other, until its socket closes."""
     while True:
-        head = _read_exactly(sock, _LEN.size)
-        if head is None:
-            return
-        body = _read_exactly(sock, _LEN.unpack(head)[0])
-        if body is None:
+        try:
+            body = read_exact(sock, _LEN.unpack(read_exact(sock, _LEN.size))[0])
+        except EOFError:  # the pool closed its end
             return
         fn, args = pickle.loads(body)
         out = _answer(fn, args)
@@ -126,7 +116,7 @@ class _Worker:
     sock: socket.socket
     pending: collections.deque = field(default_factory=collections.deque)
     writer: asyncio.StreamWriter | None = None
-    reader_task: asyncio.Task | None = None
+    reader_task: asyncio.Task | None = None  # held: the event loop keeps only a weak reference to a task
     alive: bool = True
 
 
