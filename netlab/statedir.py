@@ -23,6 +23,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import re
 import shutil
 from typing import Iterator
 
@@ -58,21 +59,21 @@ def source(lab: str) -> str:
     return f"netlab-{lab}"
 
 
-def _unescape(field: str) -> str:
-    """A /proc/self/mountinfo path field: spaces, tabs, newlines and backslashes are octal escapes."""
-    return field.encode().decode("unicode_escape") if "\\" in field else field
+def _unescape(field: bytes) -> bytes:
+    """A /proc/self/mountinfo path field: the kernel writes space, tab, newline and backslash as \\ooo."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
 
 
 def our_mount(lab: str) -> bool:
     """True if the lab's dir is a mount point of netlab's own tmpfs for this lab (proc(5): mountinfo)."""
-    target = os.path.realpath(names.lab_dir(lab))
-    with open("/proc/self/mountinfo") as f:
+    target = os.fsencode(os.path.realpath(names.lab_dir(lab)))
+    want = (b"tmpfs", source(lab).encode())
+    with open("/proc/self/mountinfo", "rb") as f:  # bytes: a path need not be UTF-8
         for line in f:
-            head, _, tail = line.partition(" - ")
+            head, _, tail = line.partition(b" - ")
             fields, after = head.split(), tail.split()
-            if len(fields) > 4 and len(after) > 1 and _unescape(fields[4]) == target:
-                if after[0] == "tmpfs" and after[1] == source(lab):
-                    return True
+            if len(fields) > 4 and len(after) > 1 and _unescape(fields[4]) == target and tuple(after[:2]) == want:
+                return True
     return False
 
 

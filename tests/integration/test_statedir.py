@@ -94,3 +94,19 @@ def test_where_mounting_is_refused_the_state_stays_on_disk_with_a_warning(run_di
     assert os.path.isdir(names.lab_dir(lab)) and not statedir.in_memory(names.lab_dir(lab))
     assert "state stays on disk" in caplog.text and "Operation not permitted" in caplog.text
     assert statedir.remove(lab) is True and not os.path.exists(names.lab_dir(lab))
+
+
+def test_a_run_dir_with_a_space_and_non_ascii_is_still_recognised(monkeypatch, tmp_path):
+    """mountinfo writes a space as \\040 and leaves other bytes as they are: both are read back right."""
+    d = tmp_path / "run dir é"
+    os.makedirs(d)
+    if statedir.in_memory(str(d)):
+        pytest.skip(f"{d} is already in memory on this machine: nothing would be mounted")
+    monkeypatch.setattr(names, "RUN_DIR", str(d))
+    lab = unique("nlsd")
+    try:
+        assert statedir.make(lab) is True and statedir.our_mount(lab)
+        assert statedir.remove(lab) is True and not statedir.our_mount(lab)
+    finally:
+        while statedir.our_mount(lab):
+            _libc.umount2(names.lab_dir(lab).encode(), 2)
