@@ -77,20 +77,39 @@ def _progress_printer():
     return prog, update
 
 
+def _topology_files(fn):
+    """A command's topology files, as FILE arguments or -f/--filename options (or both).
+
+    `netlab up lab.yaml` is how the lab is first met; `-f` is kubectl's
+    spelling, which `apply` and `delete` keep alone.
+    """
+    fn = click.argument("paths", nargs=-1, type=click.Path(dir_okay=False), metavar="[FILE]...")(fn)
+    return click.option("-f", "--filename", "files", multiple=True, type=click.Path(dir_okay=False),
+                        help="Topology file (repeatable): one Lab and its Pods, Services, EndpointSlices.")(fn)
+
+
+def _files(files: tuple[str, ...], paths: tuple[str, ...]) -> list[str]:
+    every = [*files, *paths]
+    if not every:
+        name = click.get_current_context().info_name
+        raise click.UsageError(f"no topology file: give one, as in `netlab {name} lab.yaml` (or -f lab.yaml)")
+    return every
+
+
 @cli.command()
-@click.option("-f", "--filename", "files", multiple=True, required=True, type=click.Path(dir_okay=False),
-              help="Topology file (repeatable): one Lab and its Pods, Services, EndpointSlices.")
+@_topology_files
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for the pods.")
-def up(files: tuple[str, ...], timeout: float) -> None:
+def up(files: tuple[str, ...], paths: tuple[str, ...], timeout: float) -> None:
     """Build a lab from topology files (idempotent)."""
     from netlab import lab
 
+    every = _files(files, paths)
     prog, update = _progress_printer()
     if prog:
         with prog:
-            res = lab.up(list(files), update, timeout)
+            res = lab.up(every, update, timeout)
     else:
-        res = lab.up(list(files), None, timeout)
+        res = lab.up(every, None, timeout)
     if res.created:
         click.echo(f"lab {res.lab} is up: {len(res.changes)} changes, {res.pods} pods in {res.seconds:.1f}s")
     elif res.changes:
@@ -100,12 +119,12 @@ def up(files: tuple[str, ...], timeout: float) -> None:
 
 
 @cli.command()
-@click.option("-f", "--filename", "files", multiple=True, required=True, type=click.Path(dir_okay=False))
-def validate(files: tuple[str, ...]) -> None:
+@_topology_files
+def validate(files: tuple[str, ...], paths: tuple[str, ...]) -> None:
     """Check topology files without creating anything (no root needed)."""
     from netlab.spec.topology import load_topology
 
-    topo = load_topology(list(files))
+    topo = load_topology(_files(files, paths))
     click.echo(f"lab {topo.lab.name}: {len(topo.lab.nodes)} nodes, {len(topo.pods)} pods, "
                f"{len(topo.objects)} other objects: valid")
 
