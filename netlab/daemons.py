@@ -281,7 +281,7 @@ def terminate(pids: Iterable[int], grace: float = 2.0) -> None:
             for fd in held:
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(fd, sig)
-            _wait_exits(held, time.monotonic() + wait)
+            wait_exits(held, time.monotonic() + wait)
             if not held:
                 break
     finally:
@@ -295,7 +295,7 @@ def terminate(pids: Iterable[int], grace: float = 2.0) -> None:
         time.sleep(0.005)
 
 
-def _wait_exits(held: dict[int, int], deadline: float) -> None:
+def wait_exits(held: dict[int, int], deadline: float) -> None:
     """Wait until every pidfd of `held` (pidfd -> pid) is readable, its process exited, or
     `deadline`; each one that turned readable is closed and taken out of `held`. Our own
     children are reaped as they exit."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import ctypes
 import gc
 import logging
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from cni.daemon import read_exact
+from netlab import daemons
 
 log = logging.getLogger("netlab.sandbox_workers")
 
@@ -216,23 +218,17 @@ class SandboxWorkers:
 
         Called once the event loop that awaited the calls has ended (labd's last step).
         """
+        held: dict[int, int] = {}  # pidfd -> pid: our unreaped children, so no PID is reused under us
         for w in self._workers:
             w.sock.close()  # the reader's transport holds this same socket; its loop has ended
-        deadline = time.monotonic() + CLOSE_GRACE
-        for w in self._workers:
-            while not _reap(w.pid) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if not _reap(w.pid):  # still in a call after the grace: its sandbox is in the journal
-                os.kill(w.pid, signal.SIGKILL)
-                os.waitpid(w.pid, 0)
             w.alive = False
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                if os.waitpid(w.pid, os.WNOHANG)[0] == 0:  # not reaped yet (a dead worker may be)
+                    held[os.pidfd_open(w.pid)] = w.pid
+        daemons.wait_exits(held, time.monotonic() + CLOSE_GRACE)  # reaps each as it exits
+        for fd, pid in held.items():  # still in a call after the grace: its sandbox is in the journal
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(fd)
         if self._fallback is not None:
             self._fallback.shutdown(wait=False)
-
-
-def _reap(pid: int) -> bool:
-    """True once `pid` has exited and is reaped (or was reaped before)."""
-    try:
-        return os.waitpid(pid, os.WNOHANG)[0] == pid
-    except ChildProcessError:
-        return True
