@@ -243,7 +243,6 @@ class RtNetlink:
 
     # -- transport ---------------------------------------------------------
 
-
     @staticmethod
     def _nack(data: bytes, off: int, n: int, mflags: int) -> "NetlinkError | None":
         """The error an NLMSG_ERROR message carries (None for an ACK), with the extended-ack text."""

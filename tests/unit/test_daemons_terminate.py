@@ -59,7 +59,7 @@ def test_a_pid_that_is_gone_is_no_error():
 def test_down_lists_the_labs_processes_again_until_none_is_left(monkeypatch):
     """A process a lab process started while the first list was being ended (the zygote forking the
     agents of an interrupted `up`) is found by the next list and ended too."""
-    from netlab import daemons, lab
+    from netlab import lab
 
     lists = [[11, 12, 99], [13, 99], [99]]  # 13: forked by 12 meanwhile; 99: the etcd, kept for last
     ended = []
