@@ -41,18 +41,19 @@ class StoreSource:
     def __init__(self, store: st.Store) -> None:
         self.store = store
         self._docs: dict[str, Document] = {}
-        self._rev = 0
+        # Each prefix's own revision, as an informer per resource keeps its resourceVersion: the
+        # prefixes are read one after the other, and the store's revision read with one prefix's
+        # events may already count a write to the other made in between, which a shared revision
+        # would then skip for good (a deleted Service left in the rules).
+        self._revs: dict[str, int] = {}
         self._listed = False
 
     def _relist(self) -> None:
         self._docs = {}
-        rev = None
         for prefix in self.PREFIXES:
-            kvs, r = self.store.list(prefix)
-            rev = r if rev is None else min(rev, r)
+            kvs, self._revs[prefix] = self.store.list(prefix)
             for kv in kvs:
                 self._docs[kv.key] = Document(kv.value, kv.key)
-        self._rev = rev or 0
         self._listed = True
 
     def refresh(self) -> bool:
@@ -61,17 +62,14 @@ class StoreSource:
             return True
         changed = False
         try:
-            top = self._rev
             for prefix in self.PREFIXES:
-                events, r = self.store.events_since(prefix, self._rev)
-                top = max(top, r)
+                events, self._revs[prefix] = self.store.events_since(prefix, self._revs[prefix])
                 for ev in events:
                     changed = True
                     if ev.type == "PUT":
                         self._docs[ev.key] = Document(ev.value, ev.key)
                     else:
                         self._docs.pop(ev.key, None)
-            self._rev = top
         except st.Compacted:
             self._relist()
             return True
